@@ -1,0 +1,1 @@
+"""Thin entry points, one per job kind: `python -m pipelines.<kind> [key=value ...]`."""

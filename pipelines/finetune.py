@@ -1,0 +1,37 @@
+"""Fine-tune a pretrained model on Ray Train, resuming from the run's newest checkpoint by itself.
+
+    python -m pipelines.finetune [experiment=tiny] [trainer.lr=3e-4] [run.name=my-run] ...
+
+Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (relaunch me).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = compose("finetune", overrides, conf_dir=f"{REPO_ROOT}/conf")
+        validate(cfg, REPO_ROOT)
+        from spotrun.runtime import resolve_run_name
+        from spotrun.train.models import check_model
+
+        run_name = resolve_run_name(cfg)
+        model_path = check_model(cfg.model)
+    except ConfigError as e:
+        print(f"spotrun: config error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from spotrun.train.job import run_finetune
+
+    return run_finetune(cfg, REPO_ROOT, run_name, model_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

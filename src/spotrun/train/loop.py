@@ -1,0 +1,214 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Every start resumes from the newest committed checkpoint of the run (rank 0 picks it, all ranks load
+it); the loop checkpoints every `checkpoint.every_steps` steps or `checkpoint.every_seconds`, and on a
+preemption notice checkpoints at once, waits for the commit and returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from ray.train import Checkpoint
+from ray.train.v2.api.report_config import CheckpointUploadMode
+from transformers import get_linear_schedule_with_warmup
+
+from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tensors
+from spotrun.events import EventLog
+from spotrun.notices import BoardPoller
+from spotrun.storage import open_storage
+from spotrun.train import state as st
+from spotrun.train.data import ExactSampler, Position, load_pairs
+from spotrun.train.logger import RunLogger
+from spotrun.train.models import contrastive_loss, embed, load_encoder, recall_at_1
+from spotrun.train.outputs import write_final
+
+
+class Worker:
+    """One rank's model, optimizer, data position and checkpointing."""
+
+    def __init__(self, job: dict):
+        self.cfg = cfg = OmegaConf.create(job["cfg"])
+        self.run_name, self.repo = job["run_name"], job["repo_root"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(cfg.trainer.threads_per_worker)
+        self.device = ray.train.torch.get_device()
+        self.storage = open_storage(cfg.storage.root, self.repo)
+        self.store = CheckpointStore(self.storage, self.run_name)
+        self.events = EventLog(self.storage, self.run_name, source=f"rank{self.rank}")
+        self.model, self.tok = load_encoder(job["model_path"])
+        self.model.to(self.device)
+        self.queries, self.docs = load_pairs(cfg.data, self.repo, "train")
+        self.sampler = ExactSampler(len(self.queries), cfg.trainer.batch_size, cfg.seed)
+        t = cfg.trainer
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.sched = get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.max_steps)
+        self.step, self.pos, self.meta = 0, Position(), {}
+        self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
+        self.reported_step: int | None = None
+
+    # ----- resume -----
+    def restore(self) -> int | None:
+        """Load the newest committed checkpoint (rank 0 chooses, all load). Returns its step or None."""
+        chosen = torch.tensor([-1])
+        if self.rank == 0:
+            skip = lambda s, why: self.events.emit("checkpoint_skipped", step=s, reason=why)  # noqa: E731
+            found = self.store.load_latest(self.cfg.checkpoint.verify, on_skip=skip)
+            chosen[0] = found[0] if found else -1
+        dist.broadcast(chosen, src=0)
+        if chosen.item() < 0:
+            st.seed_everything(self.cfg.seed + self.rank)
+            return None
+        files = found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
+        meta = json.loads(files["state.json"])
+        self.model.load_state_dict(bytes_to_tensors(files["model.safetensors"]))
+        st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
+        self.sched.load_state_dict(meta["scheduler"])
+        rng = bytes_to_tensors(files["rng.safetensors"])
+        if meta["world_size"] == self.world:
+            r = str(self.rank)
+            st.restore_rng({k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(r + ".")}, meta["rng"][r])
+        else:  # elastic resize: a fresh, deterministic stream per rank (the data order is unaffected)
+            st.seed_everything(self.cfg.seed + 1000 * meta["step"] + self.rank)
+        self.step, self.pos = meta["step"], Position(**meta["position"])
+        self.meta = {k: meta[k] for k in ("metrics_before", "wandb_id", "resumes") if k in meta}
+        return self.step
+
+    # ----- checkpoint -----
+    def save(self, reason: str) -> float:
+        """Snapshot this step's state (all ranks take part) and queue the write. Returns seconds blocked."""
+        rng_t, rng_m = st.capture_rng()
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, ({k: v.tolist() for k, v in rng_t.items()}, rng_m))
+        if self.rank != 0:
+            return 0.0
+        opt_t, opt_m = st.optimizer_to_flat(self.opt)
+        rng_tensors = {
+            f"{r}.{k}": torch.tensor(v, dtype=rng_t[k].dtype) for r, (ts, _) in enumerate(gathered) for k, v in ts.items()
+        }
+        meta = {
+            "step": self.step,
+            "position": vars(self.pos),
+            "world_size": self.world,
+            "optimizer": opt_m,
+            "scheduler": self.sched.state_dict(),
+            "rng": {str(r): m for r, (_, m) in enumerate(gathered)},
+            "reason": reason,
+            **self.meta,
+        }
+        return self.ckpt.save(
+            self.step, {"model": self.model.state_dict(), "optim": opt_t, "rng": rng_tensors}, {"state.json": meta}
+        )
+
+    def _on_commit(self, info: dict) -> None:
+        self.events.emit("checkpoint", **info)
+
+    def report(self, metrics: dict) -> None:
+        """Tell Ray Train (a barrier on all ranks); rank 0 hands over the newest committed checkpoint."""
+        ckpt = None
+        last = self.ckpt.last_committed
+        if self.rank == 0 and last is not None and last != self.reported_step:
+            ckpt = Checkpoint(path=self.store.dir_for(last), filesystem=self.storage.fs)
+            self.reported_step = last
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    # ----- training -----
+    def train_step(self) -> float:
+        ids, next_pos = self.sampler.step(self.pos, self.rank, self.world)
+        L = self.cfg.data.max_length
+
+        def tok(texts):
+            b = self.tok(texts, padding="max_length", truncation=True, max_length=L, return_tensors="pt")
+            return {k: v.to(self.device) for k, v in b.items()}
+
+        q = embed(self.ddp, tok([self.queries[i] for i in ids]), self.cfg.model.pooling)
+        d = embed(self.ddp, tok([self.docs[i] for i in ids]), self.cfg.model.pooling)
+        loss = contrastive_loss(q, d, self.cfg.model.scale)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step, self.pos = self.step + 1, next_pos
+        if self.cfg.debug.trace_samples:
+            self._trace(ids)
+        return float(loss.detach())
+
+    def _trace(self, ids) -> None:
+        line = json.dumps({"step": self.step, "epoch": self.pos.epoch, "world": self.world, "ids": ids.tolist()})
+        path = self.storage.path(self.run_name, "trace", f"rank{self.rank}.jsonl")
+        self.storage.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    def evaluate(self) -> float:
+        q, d = load_pairs(self.cfg.data, self.repo, "eval")
+        n = min(len(q), self.cfg.data.eval_size)
+        c = self.cfg
+        return recall_at_1(
+            self.model, self.tok, q[:n], d[:n], c.data.max_length, c.trainer.eval_batch_size, c.model.pooling, self.device
+        )
+
+
+def train_loop(job: dict) -> None:
+    """Ray Train entry point (runs on every rank)."""
+    w = Worker(job)
+    cfg, c = w.cfg, w.cfg.checkpoint
+    resumed = w.restore()
+    log = RunLogger(cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
+    w.meta["wandb_id"] = log.run_id
+    if w.rank == 0:
+        if resumed is None:
+            w.meta["metrics_before"] = {"recall_at_1": w.evaluate()}
+            w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
+        else:
+            w.meta["resumes"] = w.meta.get("resumes", 0) + 1
+            w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
+    w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 else w.model
+    w.ddp.train()
+    poller = BoardPoller(w.run_name) if w.rank == 0 else None
+    last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
+    log.start_progress(w.step, cfg.trainer.max_steps)
+    while w.step < cfg.trainer.max_steps:
+        t0 = time.perf_counter()
+        loss = w.train_step()
+        if cfg.debug.step_sleep_s:
+            time.sleep(cfg.debug.step_sleep_s)
+        flags = torch.zeros(2, dtype=torch.int64)
+        if w.rank == 0:
+            flags[0] = int(poller.poll() is not None)
+            flags[1] = int(time.monotonic() - last_ckpt >= c.every_seconds)
+        if w.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        notice, due = bool(flags[0]), bool(flags[1]) or w.step % c.every_steps == 0
+        next_ckpt = c.every_steps - w.step % c.every_steps
+        log.step(w.step, loss, samples / (time.perf_counter() - t0), next_ckpt)
+        if notice:
+            w.save("preemption_notice")
+            if w.rank == 0:
+                info = w.ckpt.wait()
+                w.events.emit("preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **(info or {}))
+            log.close()
+            w.report({"step": w.step, "loss": loss, "preempted": 1})
+            return
+        if due and w.step < cfg.trainer.max_steps:
+            w.save("periodic")
+            last_ckpt = time.monotonic()
+            w.report({"step": w.step, "loss": loss, "preempted": 0})
+    w.ckpt.wait()
+    if w.rank == 0:
+        after = {"recall_at_1": w.evaluate()}
+        metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
+        write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
+        w.events.emit("finish", step=w.step, **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"})
+        log.finish(after)
+    w.ckpt.close()
+    log.close()
+    w.report({"step": w.step, "preempted": 0, "finished": 1})
