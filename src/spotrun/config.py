@@ -205,6 +205,9 @@ def _one_line(e: Exception, overrides: list[str]) -> str:
         shown = f"{e.full_key}={given!r}" if given is not None else e.full_key
         if "not in" in msg:
             return f"{shown}: unknown key ({msg}); see conf/ for the keys of each group"
+        wanted = re.search(r"could not be converted to (\w+)", msg) or re.search(r"Invalid type assigned: \w+ is not a subclass of (\w+)", msg)
+        if wanted:
+            return f"{shown}: expected a value of type {wanted.group(1).lower()}"
         return f"{shown}: {msg}"
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(e).__name__

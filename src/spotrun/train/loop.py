@@ -176,9 +176,12 @@ def train_loop(job: dict) -> None:
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
+    first_step, loop_t0 = w.step, time.perf_counter()
     while w.step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         loss = w.train_step()
+        if w.step == first_step + 1 and w.rank == 0:
+            w.events.emit("first_step", step=w.step, step_s=round(time.perf_counter() - t0, 4))
         if cfg.debug.step_sleep_s:
             time.sleep(cfg.debug.step_sleep_s)
         flags = torch.zeros(2, dtype=torch.int64)
@@ -193,8 +196,8 @@ def train_loop(job: dict) -> None:
         if notice:
             w.save("preemption_notice")
             if w.rank == 0:
-                info = w.ckpt.wait()
-                w.events.emit("preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **(info or {}))
+                info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
+                w.events.emit("preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **info)
             log.close()
             w.report({"step": w.step, "loss": loss, "preempted": 1})
             return
@@ -203,11 +206,12 @@ def train_loop(job: dict) -> None:
             last_ckpt = time.monotonic()
             w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
+    loop_s = time.perf_counter() - loop_t0
     if w.rank == 0:
         after = {"recall_at_1": w.evaluate()}
         metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
         write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
-        w.events.emit("finish", step=w.step, **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"})
+        w.events.emit("finish", step=w.step, steps_run=w.step - first_step, loop_s=round(loop_s, 3), **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"})
         log.finish(after)
     w.ckpt.close()
     log.close()

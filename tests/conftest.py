@@ -1,0 +1,90 @@
+"""Helpers shared by the tests: run the real pipeline as a subprocess and watch what it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The real pipeline, small: 2 CPU workers, no wandb, short sequences. Tests add their own overrides.
+TINY = ["experiment=tiny", "logger=none", "data.eval_size=32"]
+
+
+def pipeline_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SKYPILOT_", "WANDB_API_KEY"))}
+    env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def launch(args: list[str], log: Path, module: str = "pipelines.finetune") -> subprocess.Popen:
+    """Start a pipeline in its own session (so the test can reclaim its whole process tree)."""
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it until it exits
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def run(args: list[str], log: Path, timeout: float = 400) -> int:
+    proc = launch(args, log)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        kill_tree(proc)
+
+
+def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """SIGKILL the driver and every process it started (Ray's GCS, raylet, workers)."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    psutil.wait_procs(procs, timeout=30)
+    proc.wait(timeout=30)
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 300, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"pipeline exited with {proc.returncode} before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return [e["step"] for e in events(run_dir) if e["kind"] == "checkpoint"]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    root.mkdir()
+    return root

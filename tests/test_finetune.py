@@ -1,0 +1,134 @@
+"""The real fine-tune pipeline on a real local Ray cluster (2 CPU workers), reclaimed with real signals.
+
+One uninterrupted reference run is shared; every reclaimed run must end with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import TINY, checkpoint_steps, events, kill_tree, launch, run, wait_for
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+ARGS = [*TINY, "trainer.max_steps=40", "checkpoint.every_steps=8"]
+
+
+def args_for(root: Path, name: str, extra: list[str] = ()) -> list[str]:
+    return [*ARGS, f"storage.root={root}", f"run.name={name}", *extra]
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not (wa[k] == wb[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    assert run(args_for(root, "ref"), root / "log.txt") == 0, (root / "log.txt").read_text()[-3000:]
+    return root / "ref"
+
+
+def test_tiny_run_writes_the_output_contract(reference):
+    kinds = Counter(e["kind"] for e in events(reference))
+    assert kinds["start"] == 1 and kinds["finish"] == 1 and kinds["checkpoint"] >= 4
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == [
+        "step-00000016", "step-00000024", "step-00000032"]  # checkpoint.keep=3
+    metrics = json.loads((reference / "final" / "metrics.json").read_text())
+    assert metrics["step"] == 40
+    assert metrics["after"]["recall_at_1"] >= metrics["before"]["recall_at_1"]
+    for e in events(reference):
+        if e["kind"] == "checkpoint":
+            assert e["bytes"] > 50e6 and e["blocked_s"] < e["write_s"]
+    for ckpt in (reference / "checkpoints").iterdir():
+        names = set(json.loads((ckpt / "manifest.json").read_text())["files"])
+        assert names == {"model.safetensors", "optim.safetensors", "rng.safetensors", "state.json"}
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(reference / "final")  # final/ is a loadable Hugging Face model
+
+
+def test_relaunching_a_finished_run_exits_at_once(reference, tmp_path):
+    t0 = time.time()
+    assert run(args_for(reference.parent, "ref"), tmp_path / "log.txt", timeout=120) == 0
+    assert "already finished" in (tmp_path / "log.txt").read_text()
+    assert time.time() - t0 < 60
+
+
+def test_sigkill_mid_run_then_relaunch_is_bit_identical(reference, storage):
+    log = storage / "log.txt"
+    proc = launch(args_for(storage, "killed"), log)
+    run_dir = storage / "killed"
+    wait_for(lambda: any(s >= 16 for s in checkpoint_steps(run_dir)), proc, what="checkpoint at step 16")
+    kill_tree(proc)  # no notice: the whole process tree dies at once
+    assert not (run_dir / "final").exists()
+    assert run(args_for(storage, "killed"), log) == 0, log.read_text()[-3000:]
+    resumes = [e for e in events(run_dir) if e["kind"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 16
+    assert_identical(reference, run_dir)
+
+
+def test_sigterm_checkpoints_and_exits_preempted_then_resumes_identically(reference, storage):
+    log = storage / "log.txt"
+    proc = launch(args_for(storage, "noticed"), log)
+    run_dir = storage / "noticed"
+    wait_for(lambda: any(s >= 8 for s in checkpoint_steps(run_dir)), proc, what="checkpoint at step 8")
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)  # the spot notice, to the driver
+    code = proc.wait(timeout=60)
+    elapsed = time.time() - t0
+    kill_tree(proc)
+    assert code == 75, log.read_text()[-3000:]
+    assert elapsed < 30
+    ev = events(run_dir)
+    preempted = [e for e in ev if e["kind"] == "preempted"]
+    assert [e["kind"] for e in ev].count("preemption_notice") == 1 and len(preempted) == 1
+    step = preempted[0]["step"]
+    assert step > 8 and (run_dir / "checkpoints" / f"step-{step:08d}" / "manifest.json").exists()
+    assert run(args_for(storage, "noticed"), log) == 0, log.read_text()[-3000:]
+    assert [e["step"] for e in events(run_dir) if e["kind"] == "resume"] == [step]
+    assert_identical(reference, run_dir)
+
+
+def test_world_size_change_keeps_exactly_once_coverage(storage):
+    rows = [json.loads(x) for x in Path("data/stdlib_pairs/train.jsonl").read_text().splitlines()[:60]]
+    data = storage / "small.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [*TINY, f"storage.root={storage}", "run.name=elastic", f"data.train_files={data}",
+              "debug.trace_samples=true", "trainer.max_steps=30", "checkpoint.every_steps=5"]
+    log = storage / "log.txt"
+    proc = launch([*common, "trainer.num_workers=[1,2]"], log)  # elastic range; gets 2 here
+    run_dir = storage / "elastic"
+    wait_for(lambda: any(s >= 10 for s in checkpoint_steps(run_dir)), proc, what="checkpoint at step 10")
+    kill_tree(proc)
+    assert run([*common, "trainer.num_workers=1"], log) == 0, log.read_text()[-3000:]
+    (resume,) = [e for e in events(run_dir) if e["kind"] == "resume"]
+    assert resume["world_size"] == 1
+
+    latest: dict[tuple, dict] = {}  # (world, step, rank) -> the last write wins (replayed steps)
+    for trace in (run_dir / "trace").glob("rank*.jsonl"):
+        rank = int(trace.stem[4:])
+        for line in trace.read_text().splitlines():
+            rec = json.loads(line)
+            latest[(rec["world"], rec["step"], rank)] = rec
+    by_epoch = defaultdict(Counter)
+    for (world, step, _), rec in latest.items():
+        if (world == 2 and step <= resume["step"]) or (world == 1 and step > resume["step"]):
+            by_epoch[rec["epoch"]].update(rec["ids"])
+    complete = [e for e in by_epoch if e < max(by_epoch)]
+    assert len(complete) >= 2  # the resize happened inside epoch 0 or 1; both are complete
+    for epoch in complete:
+        assert sorted(by_epoch[epoch]) == list(range(60)), epoch
+        assert set(by_epoch[epoch].values()) == {1}, epoch
