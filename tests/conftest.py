@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ TINY = ["experiment=tiny", "logger=none", "data.eval_size=32"]
 
 
 def pipeline_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SKYPILOT_", "WANDB_API_KEY"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SKYPILOT_", "WANDB_API_KEY"))
+    }
     env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     return env
 
@@ -28,7 +31,11 @@ def launch(args: list[str], log: Path, module: str = "pipelines.finetune") -> su
     """Start a pipeline in its own session (so the test can reclaim its whole process tree)."""
     out = open(log, "ab")  # noqa: SIM115 - the child owns it until it exits
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=pipeline_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
@@ -48,14 +55,10 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     except psutil.NoSuchProcess:
         procs = []
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
     psutil.wait_procs(procs, timeout=30)
     proc.wait(timeout=30)
 

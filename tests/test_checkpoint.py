@@ -92,4 +92,6 @@ def test_async_checkpointer_snapshots_then_writes(store):
     ck.close()
     assert [c["step"] for c in committed] == [1, 2, 3] and store.committed_steps() == [2, 3]
     step, files = store.load_latest()
-    assert step == 3 and torch.equal(bytes_to_tensors(files["model.safetensors"])["w"], torch.full((1000,), 3.0))
+    assert step == 3 and torch.equal(
+        bytes_to_tensors(files["model.safetensors"])["w"], torch.full((1000,), 3.0)
+    )

@@ -41,12 +41,22 @@ def test_experiment_is_a_diff():
 def test_overrides_every_pipeline_accepts():
     cfg = compose(
         "finetune",
-        ["run.name=abc", "storage.root=/tmp/x", "trainer.max_steps=7", "trainer.num_workers=[1,2]",
-         "checkpoint.every_steps=3", "seed=5"],
+        [
+            "run.name=abc",
+            "storage.root=/tmp/x",
+            "trainer.max_steps=7",
+            "trainer.num_workers=[1,2]",
+            "checkpoint.every_steps=3",
+            "seed=5",
+        ],
         CONF,
     )
     assert (cfg.run.name, cfg.storage.root, cfg.trainer.max_steps, cfg.checkpoint.every_steps, cfg.seed) == (
-        "abc", "/tmp/x", 7, 3, 5,
+        "abc",
+        "/tmp/x",
+        7,
+        3,
+        5,
     )
     assert worker_range(cfg.trainer.num_workers) == (1, 2)
 
@@ -81,8 +91,12 @@ BAD = [
 def test_bad_input_is_one_line_exit_2_before_ray(args, key):
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.finetune", *args], cwd=REPO, env=pipeline_env(),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "pipelines.finetune", *args],
+        cwd=REPO,
+        env=pipeline_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

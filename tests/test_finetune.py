@@ -45,7 +45,10 @@ def test_tiny_run_writes_the_output_contract(reference):
     kinds = Counter(e["kind"] for e in events(reference))
     assert kinds["start"] == 1 and kinds["finish"] == 1 and kinds["checkpoint"] >= 4
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == [
-        "step-00000016", "step-00000024", "step-00000032"]  # checkpoint.keep=3
+        "step-00000016",
+        "step-00000024",
+        "step-00000032",
+    ]  # checkpoint.keep=3
     metrics = json.loads((reference / "final" / "metrics.json").read_text())
     assert metrics["step"] == 40
     assert metrics["after"]["recall_at_1"] >= metrics["before"]["recall_at_1"]
@@ -106,8 +109,15 @@ def test_world_size_change_keeps_exactly_once_coverage(storage):
     rows = [json.loads(x) for x in Path("data/stdlib_pairs/train.jsonl").read_text().splitlines()[:60]]
     data = storage / "small.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = [*TINY, f"storage.root={storage}", "run.name=elastic", f"data.train_files={data}",
-              "debug.trace_samples=true", "trainer.max_steps=30", "checkpoint.every_steps=5"]
+    common = [
+        *TINY,
+        f"storage.root={storage}",
+        "run.name=elastic",
+        f"data.train_files={data}",
+        "debug.trace_samples=true",
+        "trainer.max_steps=30",
+        "checkpoint.every_steps=5",
+    ]
     log = storage / "log.txt"
     proc = launch([*common, "trainer.num_workers=[1,2]"], log)  # elastic range; gets 2 here
     run_dir = storage / "elastic"

@@ -43,7 +43,9 @@ class CheckpointStore:
     def steps(self) -> list[int]:
         """Steps of every checkpoint folder, committed or not, oldest first."""
         names = self.storage.listdir(self.root)
-        return sorted(int(n[len(PREFIX):]) for n in names if n.startswith(PREFIX) and n[len(PREFIX):].isdigit())
+        return sorted(
+            int(n[len(PREFIX) :]) for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()
+        )
 
     def committed_steps(self) -> list[int]:
         return [s for s in self.steps() if self.storage.exists(f"{self.dir_for(s)}/{MANIFEST}")]
@@ -132,7 +134,9 @@ class AsyncCheckpointer:
             del bufs[stale]
         return bufs
 
-    def save(self, step: int, groups: dict[str, dict[str, torch.Tensor]], json_files: dict[str, dict]) -> float:
+    def save(
+        self, step: int, groups: dict[str, dict[str, torch.Tensor]], json_files: dict[str, dict]
+    ) -> float:
         """Snapshot `groups` (file stem -> tensors) and queue the write. Returns seconds blocked."""
         t0 = time.perf_counter()
         self.wait()
@@ -142,11 +146,18 @@ class AsyncCheckpointer:
         self._inflight = self._pool.submit(self._write, step, snap, payload, blocked)
         return blocked
 
-    def _write(self, step: int, snap: dict[str, dict[str, torch.Tensor]], payload: dict[str, bytes], blocked: float):
+    def _write(
+        self, step: int, snap: dict[str, dict[str, torch.Tensor]], payload: dict[str, bytes], blocked: float
+    ):
         t0 = time.perf_counter()
         files = {name: tensors_to_bytes(ts) for name, ts in snap.items()} | payload
         nbytes = self.store.write(step, files)
-        info = {"step": step, "bytes": nbytes, "blocked_s": round(blocked, 4), "write_s": round(time.perf_counter() - t0, 4)}
+        info = {
+            "step": step,
+            "bytes": nbytes,
+            "blocked_s": round(blocked, 4),
+            "write_s": round(time.perf_counter() - t0, 4),
+        }
         with self._lock:
             self.last_committed = step
         self.store.prune(self.keep)

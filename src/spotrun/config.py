@@ -178,7 +178,12 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
         "auto, online, offline or disabled",
     )
     if cfg.run.name is not None:
-        _require(bool(RUN_NAME_RE.match(cfg.run.name)), "run.name", cfg.run.name, "letters, digits, . _ - (max 128)")
+        _require(
+            bool(RUN_NAME_RE.match(cfg.run.name)),
+            "run.name",
+            cfg.run.name,
+            "letters, digits, . _ - (max 128)",
+        )
     _require(
         cfg.data.train_files is not None or cfg.data.hub_name is not None,
         "data.train_files",
@@ -201,11 +206,15 @@ def _one_line(e: Exception, overrides: list[str]) -> str:
         e = e.__cause__
     if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
         msg = str(getattr(e, "msg", e)).splitlines()[0]
-        given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == e.full_key), None)
+        given = next(
+            (o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == e.full_key), None
+        )
         shown = f"{e.full_key}={given!r}" if given is not None else e.full_key
         if "not in" in msg:
             return f"{shown}: unknown key ({msg}); see conf/ for the keys of each group"
-        wanted = re.search(r"could not be converted to (\w+)", msg) or re.search(r"Invalid type assigned: \w+ is not a subclass of (\w+)", msg)
+        wanted = re.search(r"could not be converted to (\w+)", msg) or re.search(
+            r"Invalid type assigned: \w+ is not a subclass of (\w+)", msg
+        )
         if wanted:
             return f"{shown}: expected a value of type {wanted.group(1).lower()}"
         return f"{shown}: {msg}"

@@ -28,7 +28,13 @@ class EventLog:
         self._lock = threading.Lock()
 
     def emit(self, kind: str, **fields: Any) -> dict:
-        event = {"ts": round(time.time(), 3), "kind": kind, "source": self.source, "pid": os.getpid(), **fields}
+        event = {
+            "ts": round(time.time(), 3),
+            "kind": kind,
+            "source": self.source,
+            "pid": os.getpid(),
+            **fields,
+        }
         line = json.dumps(event, sort_keys=True) + "\n"
         with self._lock:
             self.storage.fs.create_dir(posixpath.dirname(self.path), recursive=True)

@@ -57,7 +57,9 @@ class BoardPoller:
         return self.notice
 
 
-def install_sigterm(board, grace_s: float, on_notice: Callable[[], None], on_deadline: Callable[[], None]) -> None:
+def install_sigterm(
+    board, grace_s: float, on_notice: Callable[[], None], on_deadline: Callable[[], None]
+) -> None:
     """On SIGTERM: post the notice, call `on_notice`, and if the job has not exited within `grace_s`,
     call `on_deadline` (which should exit with the preempted code). Replaces Ray's own handler,
     which exits at once and saves nothing."""

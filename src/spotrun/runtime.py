@@ -44,7 +44,9 @@ def quiet_worker_logs() -> None:
 
     Ray Train's placement-group cleaner polls the state API, which needs the dashboard we skip, and
     warns every second; Ray Train logs each report at INFO; transformers prints load reports."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 

@@ -58,7 +58,9 @@ class Storage:
 
     def upload_file(self, local_path: str, path: str) -> None:
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        pafs.copy_files(
+            local_path, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+        )
 
     def delete_dir(self, path: str) -> None:
         if self.exists(path):

@@ -56,8 +56,13 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
         return C.EXIT_OK
     events = EventLog(storage, run_name, source="driver")
     local_dir = os.path.join(repo_root, ".spotrun", run_name)
-    job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "run_name": run_name, "repo_root": repo_root,
-           "model_path": model_path, "local_dir": local_dir}
+    job = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "run_name": run_name,
+        "repo_root": repo_root,
+        "model_path": model_path,
+        "local_dir": local_dir,
+    }
     init_ray()
     board = create_board(run_name)
     noticed = threading.Event()
@@ -86,6 +91,8 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
         print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")
         return C.EXIT_OK
     if noticed.is_set():
-        print(f"spotrun: run {run_name!r} preempted; checkpoint committed, exit {C.EXIT_PREEMPTED} (relaunch me)")
+        print(
+            f"spotrun: run {run_name!r} preempted; checkpoint committed, exit {C.EXIT_PREEMPTED} (relaunch me)"
+        )
         return C.EXIT_PREEMPTED
     return C.EXIT_FAILED

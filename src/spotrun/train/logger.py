@@ -56,13 +56,17 @@ class RunLogger:
 
     def start_progress(self, step: int, total: int) -> None:
         if self.enabled and self.cfg.logger.progress:
-            self.bar = tqdm(total=total, initial=step, file=_Lines(), mininterval=5.0, desc="finetune", ascii=True)
+            self.bar = tqdm(
+                total=total, initial=step, file=_Lines(), mininterval=5.0, desc="finetune", ascii=True
+            )
 
     def step(self, step: int, loss: float, samples_per_s: float, next_ckpt: int) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.1f}", next_ckpt=next_ckpt, refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.1f}", next_ckpt=next_ckpt, refresh=False
+            )
             self.bar.update(1)
         if self.wandb is not None:
             self.wandb.log({"train/loss": loss, "train/samples_per_s": samples_per_s}, step=step)

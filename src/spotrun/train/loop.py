@@ -66,7 +66,9 @@ class Worker:
         if chosen.item() < 0:
             st.seed_everything(self.cfg.seed + self.rank)
             return None
-        files = found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
+        files = (
+            found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
+        )
         meta = json.loads(files["state.json"])
         self.model.load_state_dict(bytes_to_tensors(files["model.safetensors"]))
         st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
@@ -74,7 +76,9 @@ class Worker:
         rng = bytes_to_tensors(files["rng.safetensors"])
         if meta["world_size"] == self.world:
             r = str(self.rank)
-            st.restore_rng({k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(r + ".")}, meta["rng"][r])
+            st.restore_rng(
+                {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(r + ".")}, meta["rng"][r]
+            )
         else:  # elastic resize: a fresh, deterministic stream per rank (the data order is unaffected)
             st.seed_everything(self.cfg.seed + 1000 * meta["step"] + self.rank)
         self.step, self.pos = meta["step"], Position(**meta["position"])
@@ -91,7 +95,9 @@ class Worker:
             return 0.0
         opt_t, opt_m = st.optimizer_to_flat(self.opt)
         rng_tensors = {
-            f"{r}.{k}": torch.tensor(v, dtype=rng_t[k].dtype) for r, (ts, _) in enumerate(gathered) for k, v in ts.items()
+            f"{r}.{k}": torch.tensor(v, dtype=rng_t[k].dtype)
+            for r, (ts, _) in enumerate(gathered)
+            for k, v in ts.items()
         }
         meta = {
             "step": self.step,
@@ -104,7 +110,9 @@ class Worker:
             **self.meta,
         }
         return self.ckpt.save(
-            self.step, {"model": self.model.state_dict(), "optim": opt_t, "rng": rng_tensors}, {"state.json": meta}
+            self.step,
+            {"model": self.model.state_dict(), "optim": opt_t, "rng": rng_tensors},
+            {"state.json": meta},
         )
 
     def _on_commit(self, info: dict) -> None:
@@ -142,7 +150,9 @@ class Worker:
         return float(loss.detach())
 
     def _trace(self, ids) -> None:
-        line = json.dumps({"step": self.step, "epoch": self.pos.epoch, "world": self.world, "ids": ids.tolist()})
+        line = json.dumps(
+            {"step": self.step, "epoch": self.pos.epoch, "world": self.world, "ids": ids.tolist()}
+        )
         path = self.storage.path(self.run_name, "trace", f"rank{self.rank}.jsonl")
         self.storage.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with open(path, "a") as f:
@@ -153,7 +163,14 @@ class Worker:
         n = min(len(q), self.cfg.data.eval_size)
         c = self.cfg
         return recall_at_1(
-            self.model, self.tok, q[:n], d[:n], c.data.max_length, c.trainer.eval_batch_size, c.model.pooling, self.device
+            self.model,
+            self.tok,
+            q[:n],
+            d[:n],
+            c.data.max_length,
+            c.trainer.eval_batch_size,
+            c.model.pooling,
+            self.device,
         )
 
 
@@ -197,7 +214,9 @@ def train_loop(job: dict) -> None:
             w.save("preemption_notice")
             if w.rank == 0:
                 info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
-                w.events.emit("preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **info)
+                w.events.emit(
+                    "preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **info
+                )
             log.close()
             w.report({"step": w.step, "loss": loss, "preempted": 1})
             return
@@ -211,7 +230,13 @@ def train_loop(job: dict) -> None:
         after = {"recall_at_1": w.evaluate()}
         metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
         write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
-        w.events.emit("finish", step=w.step, steps_run=w.step - first_step, loop_s=round(loop_s, 3), **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"})
+        w.events.emit(
+            "finish",
+            step=w.step,
+            steps_run=w.step - first_step,
+            loop_s=round(loop_s, 3),
+            **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"},
+        )
         log.finish(after)
     w.ckpt.close()
     log.close()

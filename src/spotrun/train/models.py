@@ -31,7 +31,9 @@ def check_model(model_cfg) -> str:
     path = resolve_model_path(model_cfg)
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise ConfigError(f"model.name={path!r}: expected a Hugging Face model id or an existing model folder")
+        raise ConfigError(
+            f"model.name={path!r}: expected a Hugging Face model id or an existing model folder"
+        )
     try:
         from transformers import AutoConfig
 
@@ -73,7 +75,9 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Te
 
 
 @torch.no_grad()
-def recall_at_1(model, tokenizer, queries, docs, max_length: int, batch_size: int, pooling: str, device) -> float:
+def recall_at_1(
+    model, tokenizer, queries, docs, max_length: int, batch_size: int, pooling: str, device
+) -> float:
     """Fraction of held-out queries whose nearest doc (cosine) is their own."""
     was_training = model.training
     model.eval()
@@ -81,7 +85,13 @@ def recall_at_1(model, tokenizer, queries, docs, max_length: int, batch_size: in
     def encode(texts):
         chunks = []
         for i in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            batch = tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             chunks.append(embed(model, {k: v.to(device) for k, v in batch.items()}, pooling))
         return torch.cat(chunks)
 

@@ -46,7 +46,10 @@ def mine(stdlib: Path) -> list[dict]:
     pairs, seen_docs = [], set()
     for path in sorted(stdlib.rglob("*.py")):
         rel = path.relative_to(stdlib)
-        if any(p in {"test", "tests", "idlelib", "site-packages", "lib2to3"} or p.startswith("_") for p in rel.parts[:-1]):
+        if any(
+            p in {"test", "tests", "idlelib", "site-packages", "lib2to3"} or p.startswith("_")
+            for p in rel.parts[:-1]
+        ):
             continue
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
         try:
