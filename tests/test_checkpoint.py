@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 
 import pytest
 import torch
@@ -86,12 +87,35 @@ def test_async_checkpointer_snapshots_then_writes(store):
     w = torch.zeros(1000)
     for step in range(1, 4):
         w.fill_(step)
-        blocked = ck.save(step, {"model": {"w": w}}, {"state.json": {"step": step}})
+        assert ck.save(step, {"model": {"w": w}}, {"state.json": {"step": step}}) >= 0
         w.fill_(-1)  # mutating after save() must not change what gets written
-        assert blocked >= 0
+        ck.wait()
     ck.close()
     assert [c["step"] for c in committed] == [1, 2, 3] and store.committed_steps() == [2, 3]
     step, files = store.load_latest()
     assert step == 3 and torch.equal(
         bytes_to_tensors(files["model.safetensors"])["w"], torch.full((1000,), 3.0)
     )
+
+
+class SlowStore(CheckpointStore):
+    """A bucket that takes 0.5 s per checkpoint."""
+
+    def write(self, step, files):
+        time.sleep(0.5)
+        return super().write(step, files)
+
+
+def test_slow_writes_never_block_and_newer_snapshots_supersede(tmp_path):
+    store = SlowStore(open_storage(str(tmp_path)), "run")
+    ck = AsyncCheckpointer(store, keep=10)
+    w = torch.zeros(10)
+    t0 = time.perf_counter()
+    for step in range(1, 6):  # five saves while the first write is still sleeping
+        w.fill_(step)
+        ck.save(step, {"model": {"w": w}}, {"state.json": {"step": step}})
+    assert time.perf_counter() - t0 < 0.4  # the loop was never held by the slow store
+    ck.wait()
+    committed = store.committed_steps()  # the first write, if it had started, then only the newest
+    assert committed[-1] == 5 and len(committed) <= 2 and ck.superseded == 5 - len(committed)
+    assert torch.equal(bytes_to_tensors(store.read(5)["model.safetensors"])["w"], torch.full((10,), 5.0))

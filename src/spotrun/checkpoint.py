@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from safetensors.torch import load as st_load
@@ -33,9 +34,10 @@ class CorruptCheckpoint(Exception):
 class CheckpointStore:
     """Committed checkpoints of one run under `<root>/<run>/checkpoints/`."""
 
-    def __init__(self, storage: Storage, run_name: str):
+    def __init__(self, storage: Storage, run_name: str, staging_dir: str | None = None):
         self.storage = storage
         self.root = storage.path(run_name, "checkpoints")
+        self.staging_dir = staging_dir  # bucket roots: files land on local disk first, then upload
 
     def dir_for(self, step: int) -> str:
         return f"{self.root}/{PREFIX}{step:08d}"
@@ -54,10 +56,21 @@ class CheckpointStore:
         """Write data files, then the manifest. Returns the bytes written."""
         folder = self.dir_for(step)
         manifest = {"step": step, "created": time.time(), "files": {}}
+        staged = None
+        if self.staging_dir and not self.storage.is_local:
+            staged = os.path.join(self.staging_dir, f"{PREFIX}{step:08d}")
+            os.makedirs(staged, exist_ok=True)
         for name, data in files.items():
-            self.storage.write_bytes(f"{folder}/{name}", data)
             manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if staged:
+                with open(os.path.join(staged, name), "wb") as f:
+                    f.write(data)
+                self.storage.upload_file(os.path.join(staged, name), f"{folder}/{name}")
+            else:
+                self.storage.write_bytes(f"{folder}/{name}", data)
         self.storage.write_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+        if staged:
+            shutil.rmtree(staged, ignore_errors=True)
         return sum(len(d) for d in files.values())
 
     def read(self, step: int, verify: bool = True) -> dict[str, bytes]:
@@ -109,48 +122,87 @@ def bytes_to_tensors(data: bytes) -> dict[str, torch.Tensor]:
 
 
 class AsyncCheckpointer:
-    """Blocks the training loop only for a copy into reused buffers; writes in a background thread.
+    """Blocks the training loop only for a copy into reused buffers; a background thread writes.
 
-    One write in flight at a time: a new save waits for the previous one to finish first.
+    One write in flight at a time. A save that arrives while one is in flight becomes the pending
+    one, replacing an older pending snapshot (supersede): the loop never waits for a slow or
+    unreachable bucket. Two buffer sets alternate between "being written" and "pending".
     """
 
     def __init__(self, store: CheckpointStore, keep: int, on_commit: Callable[[dict], None] | None = None):
         self.store, self.keep, self.on_commit = store, keep, on_commit
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotrun-ckpt")
-        self._buffers: dict[str, dict[str, torch.Tensor]] = {}
-        self._inflight: Future | None = None
-        self._lock = threading.Lock()
+        self._sets: list[dict[str, dict[str, torch.Tensor]]] = [{}, {}]
+        self._cv = threading.Condition()
+        self._pending: tuple | None = None  # (step, buffer set index, json payload, blocked_s)
+        self._writing: int | None = None  # index of the buffer set being written
+        self._error: BaseException | None = None
+        self._last_info: dict | None = None
         self.last_committed: int | None = None
+        self.superseded = 0
+        self._thread = threading.Thread(target=self._run, name="spotrun-ckpt", daemon=True)
+        self._thread.start()
 
-    def _snapshot(self, group: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        bufs = self._buffers.setdefault(group, {})
-        for name, t in tensors.items():
-            t = t.detach()
-            buf = bufs.get(name)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                bufs[name] = buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
-            buf.copy_(t)
-        for stale in set(bufs) - set(tensors):
+    def _snapshot(self, bufs: dict, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        for group, tensors in groups.items():
+            dst = bufs.setdefault(group, {})
+            for name, t in tensors.items():
+                t = t.detach()
+                buf = dst.get(name)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    dst[name] = buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+                buf.copy_(t)
+            for stale in set(dst) - set(tensors):
+                del dst[stale]
+        for stale in set(bufs) - set(groups):
             del bufs[stale]
-        return bufs
 
     def save(
         self, step: int, groups: dict[str, dict[str, torch.Tensor]], json_files: dict[str, dict]
     ) -> float:
         """Snapshot `groups` (file stem -> tensors) and queue the write. Returns seconds blocked."""
         t0 = time.perf_counter()
-        self.wait()
-        snap = {f"{g}.safetensors": self._snapshot(g, ts) for g, ts in groups.items()}
-        blocked = time.perf_counter() - t0
         payload = {name: json.dumps(obj, sort_keys=True).encode() for name, obj in json_files.items()}
-        self._inflight = self._pool.submit(self._write, step, snap, payload, blocked)
+        with self._cv:
+            self._raise_error()
+            idx = 1 - self._writing if self._writing is not None else 0
+            if self._pending is not None:
+                self.superseded += 1
+                log.warning(
+                    "checkpoint step %d superseded by step %d (previous write still running)",
+                    self._pending[0],
+                    step,
+                )
+            self._snapshot(self._sets[idx], groups)
+            blocked = time.perf_counter() - t0
+            self._pending = (step, idx, payload, blocked)
+            self._cv.notify_all()
         return blocked
 
-    def _write(
-        self, step: int, snap: dict[str, dict[str, torch.Tensor]], payload: dict[str, bytes], blocked: float
-    ):
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None:
+                    self._cv.wait()
+                step, idx, payload, blocked = self._pending
+                self._pending, self._writing = None, idx
+            try:
+                info = self._write(step, self._sets[idx], payload, blocked)
+            except BaseException as e:  # noqa: BLE001 - surfaced to the loop on its next save/wait
+                log.error("checkpoint step %d failed: %s", step, e)
+                info, err = None, e
+            else:
+                err = None
+            with self._cv:
+                self._writing = None
+                if err is not None:
+                    self._error = err
+                else:
+                    self.last_committed, self._last_info = step, info
+                self._cv.notify_all()
+
+    def _write(self, step: int, bufs: dict, payload: dict[str, bytes], blocked: float) -> dict:
         t0 = time.perf_counter()
-        files = {name: tensors_to_bytes(ts) for name, ts in snap.items()} | payload
+        files = {f"{group}.safetensors": tensors_to_bytes(ts) for group, ts in bufs.items()} | payload
         nbytes = self.store.write(step, files)
         info = {
             "step": step,
@@ -158,18 +210,24 @@ class AsyncCheckpointer:
             "blocked_s": round(blocked, 4),
             "write_s": round(time.perf_counter() - t0, 4),
         }
-        with self._lock:
-            self.last_committed = step
         self.store.prune(self.keep)
         if self.on_commit:
             self.on_commit(info)
         return info
 
-    def wait(self) -> dict | None:
-        """Block until the in-flight write (if any) is committed; re-raises its error."""
-        fut, self._inflight = self._inflight, None
-        return fut.result() if fut else None
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def wait(self, timeout: float | None = None) -> dict | None:
+        """Block until nothing is pending or being written; returns the newest commit's info."""
+        with self._cv:
+            done = self._cv.wait_for(lambda: self._pending is None and self._writing is None, timeout)
+            self._raise_error()
+            if not done:
+                raise TimeoutError(f"checkpoint not durable within {timeout}s")
+            return self._last_info
 
     def close(self) -> None:
         self.wait()
-        self._pool.shutdown(wait=True)

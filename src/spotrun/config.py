@@ -81,7 +81,11 @@ class CheckpointConf:
 
 @dataclass
 class StorageConf:
-    root: str = "runs"  # a path, file://, later s3:// and gs://
+    root: str = "runs"  # a path, file://, s3://bucket/prefix or gs://bucket/prefix
+    endpoint: str | None = (
+        None  # a custom endpoint (emulator, MinIO); else AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST
+    )
+    region: str | None = None
 
 
 @dataclass
@@ -189,6 +193,13 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
         "data.train_files",
         None,
         "a local file, or data.hub_name",
+    )
+    scheme = cfg.storage.root.split("://", 1)[0] if "://" in cfg.storage.root else "file"
+    _require(
+        scheme in ("file", "s3", "gs"),
+        "storage.root",
+        cfg.storage.root,
+        "a path, file://, s3://bucket/prefix or gs://bucket/prefix",
     )
     _check_files("data.train_files", cfg.data.train_files, repo_root)
     _check_files("data.eval_files", cfg.data.eval_files, repo_root)

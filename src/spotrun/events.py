@@ -25,7 +25,7 @@ class EventLog:
         self.storage = storage
         self.path = storage.path(run_name, FILENAME)
         self.source = source
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may emit mid-emit
 
     def emit(self, kind: str, **fields: Any) -> dict:
         event = {
@@ -37,15 +37,16 @@ class EventLog:
         }
         line = json.dumps(event, sort_keys=True) + "\n"
         with self._lock:
-            self.storage.fs.create_dir(posixpath.dirname(self.path), recursive=True)
             if self.storage.is_local:
+                os.makedirs(posixpath.dirname(self.path), exist_ok=True)
                 # One write() of a short line with O_APPEND: lines from several processes never interleave.
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     os.write(fd, line.encode())
                 finally:
                     os.close(fd)
-            else:  # object stores cannot append: rewrite the whole (small) object
+            else:  # object stores cannot append: rewrite the whole (small) object. One writer per
+                # run at a time (rank 0; the driver only once the workers are gone), so no lost update.
                 old = self.storage.read_bytes(self.path) if self.storage.exists(self.path) else b""
                 self.storage.write_bytes(self.path, old + line.encode())
         return event

@@ -1,16 +1,45 @@
 """Storage URIs -> filesystems. The only module that parses bucket URIs.
 
-Paths stay strings ("bucket/prefix/run/x"), never pathlib.Path, so gs:// and s3:// survive intact.
-Credentials come from each cloud's standard environment and never pass through here as values.
+`storage.root` is a path, `file://...`, `s3://bucket/prefix` or `gs://bucket/prefix`. Paths stay
+strings ("bucket/prefix/run/x"), never pathlib.Path, so bucket URIs survive intact. Credentials come
+only from each cloud's standard environment (AWS_ACCESS_KEY_ID..., GOOGLE_APPLICATION_CREDENTIALS) and
+are never read, stored or logged here. An endpoint (an emulator, MinIO, R2) comes from
+`storage.endpoint` or from AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST.
+
+Bucket calls are retried with exponential backoff (tenacity) for up to `RETRY_S` seconds: a bucket
+that errors or disappears for a minute costs time in the background writer, never a checkpoint.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 import posixpath
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_delay, wait_exponential
+
+log = logging.getLogger(__name__)
+RETRY_S = 120.0  # longer than the 60 s outage a checkpoint must ride out
+SCHEMES = ("file", "s3", "gs")
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(
+        e, FileNotFoundError | IsADirectoryError | PermissionError
+    )
+
+
+_retry = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_delay(RETRY_S),
+    wait=wait_exponential(multiplier=0.5, max=8),
+    before_sleep=before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
 
 
 @dataclass(frozen=True)
@@ -28,27 +57,42 @@ class Storage:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
 
+    def probe(self) -> str | None:
+        """One un-retried call to the root: None when reachable, else the reason (for a clear error)."""
+        if self.is_local:
+            return None
+        bucket = self.base.split("/", 1)[0]
+        try:
+            if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                return f"bucket {bucket!r} does not exist"
+        except Exception as e:  # noqa: BLE001 - any failure is reported to the user as is
+            return str(e).splitlines()[0][:200] or type(e).__name__
+        return None
+
+    @_retry
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
+    @_retry
     def listdir(self, path: str) -> list[str]:
         """Names directly under `path`; empty when it does not exist."""
-        if not self.exists(path):
-            return []
         infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        return sorted(posixpath.basename(i.path) for i in infos)
+        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
+    @_retry
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    @_retry
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a whole file. On local disk the write is atomic (temp file + rename)."""
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        if not self.is_local:  # object stores publish an object only once it is complete
+        """Write a whole file. On local disk the write is atomic (temp file + rename); object stores
+        publish an object only once its upload completes."""
+        if not self.is_local:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -56,24 +100,70 @@ class Storage:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    @_retry
     def upload_file(self, local_path: str, path: str) -> None:
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
         pafs.copy_files(
             local_path, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
         )
 
+    @_retry
     def delete_dir(self, path: str) -> None:
-        if self.exists(path):
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)
 
 
-def open_storage(uri: str, repo_root: str | None = None) -> Storage:
+def _endpoint(configured: str | None, env_var: str) -> tuple[str, str] | None:
+    """(host:port, scheme) of a custom endpoint, or None for the cloud's own."""
+    url = configured or os.environ.get(env_var)
+    if not url:
+        return None
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    return parsed.netloc, parsed.scheme
+
+
+def _s3(endpoint: str | None, region: str | None) -> pafs.FileSystem:
+    kwargs = {"connect_timeout": 5, "request_timeout": 30}
+    ep = _endpoint(endpoint, "AWS_ENDPOINT_URL")
+    if ep:
+        kwargs.update(endpoint_override=ep[0], scheme=ep[1])
+    if region or os.environ.get("AWS_DEFAULT_REGION"):
+        kwargs["region"] = region or os.environ["AWS_DEFAULT_REGION"]
+    elif ep:
+        kwargs["region"] = "us-east-1"  # custom endpoints rarely care; skip the region lookup
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _gcs(endpoint: str | None) -> pafs.FileSystem:
+    # pyarrow's own GCS retry would wait up to 15 min inside one call; keep it short, retry above.
+    kwargs = {"retry_time_limit": datetime.timedelta(seconds=15)}
+    ep = _endpoint(endpoint, "STORAGE_EMULATOR_HOST")
+    if ep:  # emulators take no credentials
+        kwargs.update(endpoint_override=ep[0], scheme=ep[1], anonymous=True)
+    return pafs.GcsFileSystem(**kwargs)
+
+
+def open_storage(
+    uri: str, repo_root: str | None = None, endpoint: str | None = None, region: str | None = None
+) -> Storage:
     """Resolve a storage root: a plain path (relative to `repo_root`), file://, s3:// or gs://."""
-    if "://" not in uri or uri.startswith("file://"):
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise ValueError(f"storage.root={uri!r}: expected a path, file://, s3:// or gs://")
+    if scheme == "file":
         path = uri.removeprefix("file://")
         if not os.path.isabs(path):
             path = os.path.join(repo_root or os.getcwd(), path)
         path = os.path.abspath(path)
         return Storage(pafs.LocalFileSystem(), path, path)
-    fs, base = pafs.FileSystem.from_uri(uri)
-    return Storage(fs, base.rstrip("/"), uri.rstrip("/"))
+    base = uri.split("://", 1)[1].strip("/")
+    if not base:
+        raise ValueError(f"storage.root={uri!r}: expected {scheme}://bucket[/prefix]")
+    fs = _s3(endpoint, region) if scheme == "s3" else _gcs(endpoint)
+    return Storage(fs, base, f"{scheme}://{base}")
+
+
+def storage_from_cfg(cfg, repo_root: str | None = None) -> Storage:
+    s = cfg.storage
+    return open_storage(s.root, repo_root, s.get("endpoint"), s.get("region"))

@@ -16,7 +16,7 @@ from spotrun import config as C
 from spotrun.events import EventLog
 from spotrun.notices import create_board, install_sigterm
 from spotrun.runtime import init_ray
-from spotrun.storage import open_storage
+from spotrun.storage import storage_from_cfg
 from spotrun.train.loop import train_loop
 from spotrun.train.outputs import is_finished, read_final_metrics
 
@@ -49,7 +49,7 @@ def summary(metrics: dict) -> str:
 
 
 def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
-    storage = open_storage(cfg.storage.root, repo_root)
+    storage = storage_from_cfg(cfg, repo_root)
     if is_finished(storage, run_name):
         print(f"spotrun: run {run_name!r} already finished: {summary(read_final_metrics(storage, run_name))}")
         print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
@@ -67,9 +67,9 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
     board = create_board(run_name)
     noticed = threading.Event()
 
-    def on_notice():
+    def on_notice():  # rank 0 records the notice in events.jsonl when its loop sees it
         noticed.set()
-        events.emit("preemption_notice", source="sigterm")
+        sys.stderr.write("spotrun: SIGTERM: checkpointing at the end of the current step, then exiting\n")
 
     def on_deadline():
         events.emit("preempted_timeout", waited_s=cfg.cloud.notice_s - NOTICE_MARGIN_S)

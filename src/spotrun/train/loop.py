@@ -8,6 +8,7 @@ preemption notice checkpoints at once, waits for the commit and returns.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import ray.train
@@ -22,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tensors
 from spotrun.events import EventLog
 from spotrun.notices import BoardPoller
-from spotrun.storage import open_storage
+from spotrun.storage import storage_from_cfg
 from spotrun.train import state as st
 from spotrun.train.data import ExactSampler, Position, load_pairs
 from spotrun.train.logger import RunLogger
@@ -40,8 +41,8 @@ class Worker:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(cfg.trainer.threads_per_worker)
         self.device = ray.train.torch.get_device()
-        self.storage = open_storage(cfg.storage.root, self.repo)
-        self.store = CheckpointStore(self.storage, self.run_name)
+        self.storage = storage_from_cfg(cfg, self.repo)
+        self.store = CheckpointStore(self.storage, self.run_name, os.path.join(job["local_dir"], "staging"))
         self.events = EventLog(self.storage, self.run_name, source=f"rank{self.rank}")
         self.model, self.tok = load_encoder(job["model_path"])
         self.model.to(self.device)
@@ -154,7 +155,7 @@ class Worker:
             {"step": self.step, "epoch": self.pos.epoch, "world": self.world, "ids": ids.tolist()}
         )
         path = self.storage.path(self.run_name, "trace", f"rank{self.rank}.jsonl")
-        self.storage.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # debug traces: local storage only
         with open(path, "a") as f:
             f.write(line + "\n")
 
@@ -211,6 +212,13 @@ def train_loop(job: dict) -> None:
         next_ckpt = c.every_steps - w.step % c.every_steps
         log.step(w.step, loss, samples / (time.perf_counter() - t0), next_ckpt)
         if notice:
+            if w.rank == 0:
+                w.events.emit(
+                    "preemption_notice",
+                    step=w.step,
+                    source=poller.notice["source"],
+                    notice_ts=poller.notice["ts"],
+                )
             w.save("preemption_notice")
             if w.rank == 0:
                 info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
