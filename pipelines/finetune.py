@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         model_path = check_model(cfg.model)
         unreachable = storage_from_cfg(cfg, REPO_ROOT).probe()
         if unreachable:
-            raise ConfigError(f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})")
+            raise ConfigError(
+                f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
+            )
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from servers import BucketServer
 
 REPO = Path(__file__).resolve().parents[1]
 # The real pipeline, small: 2 CPU workers, no wandb, short sequences. Tests add their own overrides.
@@ -27,21 +28,23 @@ def pipeline_env() -> dict:
     return env
 
 
-def launch(args: list[str], log: Path, module: str = "pipelines.finetune") -> subprocess.Popen:
+def launch(
+    args: list[str], log: Path, env: dict | None = None, module: str = "pipelines.finetune"
+) -> subprocess.Popen:
     """Start a pipeline in its own session (so the test can reclaim its whole process tree)."""
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it until it exits
+    out = open(log, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=pipeline_env(),
+        env={**pipeline_env(), **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
-def run(args: list[str], log: Path, timeout: float = 400) -> int:
-    proc = launch(args, log)
+def run(args: list[str], log: Path, timeout: float = 400, env: dict | None = None) -> int:
+    proc = launch(args, log, env)
     try:
         return proc.wait(timeout=timeout)
     finally:
@@ -86,8 +89,48 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return [e["step"] for e in events(run_dir) if e["kind"] == "checkpoint"]
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = BucketServer("s3", tmp_path_factory.mktemp("s3")).start()
+    server.create_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gs_server(tmp_path_factory):
+    server = BucketServer("gs", tmp_path_factory.mktemp("gcs")).start()  # data on disk: survives restarts
+    server.create_bucket()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     root.mkdir()
     return root
+
+
+# The shared uninterrupted run that every reclaimed run must match bit for bit.
+ARGS = [*TINY, "trainer.max_steps=40", "checkpoint.every_steps=8"]
+
+
+def args_for(root, name: str, extra: list[str] = ()) -> list[str]:
+    return [*ARGS, f"storage.root={root}", f"run.name={name}", *extra]
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not (wa[k] == wb[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    assert run(args_for(root, "ref"), root / "log.txt") == 0, (root / "log.txt").read_text()[-3000:]
+    return root / "ref"

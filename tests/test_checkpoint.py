@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import time
+import uuid
 
 import pytest
 import torch
@@ -14,9 +14,24 @@ from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore, CorruptCheckp
 from spotrun.storage import open_storage
 
 
-@pytest.fixture
-def store(tmp_path):
-    return CheckpointStore(open_storage(str(tmp_path)), "run")
+@pytest.fixture(params=["local", "s3", "gs"])
+def store(request, tmp_path, monkeypatch):
+    """The same store on local disk and on real S3 and GCS API servers."""
+    if request.param == "local":
+        return CheckpointStore(open_storage(str(tmp_path)), "run")
+    server = request.getfixturevalue(f"{request.param}_server")
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    return CheckpointStore(open_storage(server.root), run, staging_dir=str(tmp_path / "staging"))
+
+
+def _corrupt(store, step: int, name: str, data: bytes | None = None) -> None:
+    path = f"{store.dir_for(step)}/{name}"
+    if data is None:
+        data = bytearray(store.storage.read_bytes(path))
+        data[-1] ^= 0xFF  # a flipped bit, same size
+    store.storage.write_bytes(path, bytes(data))
 
 
 def _files(v: float) -> dict[str, bytes]:
@@ -27,9 +42,9 @@ def _files(v: float) -> dict[str, bytes]:
 
 def test_uncommitted_folder_is_invisible(store):
     store.write(1, _files(1.0))
-    folder = store.dir_for(2)
-    os.makedirs(folder)
-    open(f"{folder}/model.safetensors", "wb").write(b"partial")  # killed before the manifest
+    store.storage.write_bytes(
+        f"{store.dir_for(2)}/model.safetensors", b"partial"
+    )  # killed before the manifest
     assert store.committed_steps() == [1]
     step, files = store.load_latest()
     assert step == 1 and bytes_to_tensors(files["model.safetensors"])["w"][0] == 1.0
@@ -38,10 +53,7 @@ def test_uncommitted_folder_is_invisible(store):
 def test_corrupt_latest_is_skipped_for_previous(store):
     store.write(1, _files(1.0))
     store.write(2, _files(2.0))
-    path = f"{store.dir_for(2)}/model.safetensors"
-    data = bytearray(open(path, "rb").read())
-    data[-1] ^= 0xFF  # a flipped bit, same size
-    open(path, "wb").write(bytes(data))
+    _corrupt(store, 2, "model.safetensors")
     skipped = []
     step, _ = store.load_latest(on_skip=lambda s, why: skipped.append((s, why)))
     assert step == 1 and skipped and skipped[0][0] == 2 and "sha256" in skipped[0][1]
@@ -52,7 +64,7 @@ def test_corrupt_latest_is_skipped_for_previous(store):
 def test_torn_manifest_is_skipped(store):
     store.write(1, _files(1.0))
     store.write(2, _files(2.0))
-    open(f"{store.dir_for(2)}/manifest.json", "w").write('{"step": 2, "fil')
+    _corrupt(store, 2, "manifest.json", b'{"step": 2, "fil')
     assert store.load_latest()[0] == 1
 
 
@@ -64,11 +76,11 @@ def test_planted_pickle_is_never_loaded(store, tmp_path):
             return (open, (str(marker), "w"))
 
     store.write(1, _files(1.0))
-    folder = store.dir_for(1)
-    open(f"{folder}/model.pt", "wb").write(pickle.dumps(Evil()))
-    manifest = json.load(open(f"{folder}/manifest.json"))
-    manifest["files"]["model.pt"] = {"bytes": os.path.getsize(f"{folder}/model.pt"), "sha256": "x" * 64}
-    json.dump(manifest, open(f"{folder}/manifest.json", "w"))
+    payload = pickle.dumps(Evil())
+    _corrupt(store, 1, "model.pt", payload)
+    manifest = json.loads(store.storage.read_bytes(f"{store.dir_for(1)}/manifest.json"))
+    manifest["files"]["model.pt"] = {"bytes": len(payload), "sha256": "x" * 64}
+    _corrupt(store, 1, "manifest.json", json.dumps(manifest).encode())
     assert store.load_latest() is None  # listed but unverifiable: skipped, never unpickled
     assert not marker.exists()
 
@@ -76,7 +88,7 @@ def test_planted_pickle_is_never_loaded(store, tmp_path):
 def test_retention_keeps_newest(store):
     for s in range(1, 6):
         store.write(s, _files(float(s)))
-    os.makedirs(store.dir_for(0))  # an orphan older than everything kept
+    store.storage.write_bytes(f"{store.dir_for(0)}/model.safetensors", b"x")  # an orphan older than all kept
     assert store.prune(2) == [0, 1, 2, 3]
     assert store.steps() == [4, 5]
 
@@ -96,6 +108,27 @@ def test_async_checkpointer_snapshots_then_writes(store):
     assert step == 3 and torch.equal(
         bytes_to_tensors(files["model.safetensors"])["w"], torch.full((1000,), 3.0)
     )
+
+
+def test_bucket_outage_is_ridden_out_in_the_background(gs_server, tmp_path, monkeypatch):
+    """The GCS server dies mid-run for 8 s: save() still returns at once; the write lands afterwards."""
+    for k, v in gs_server.env().items():
+        monkeypatch.setenv(k, v)
+    store = CheckpointStore(open_storage(gs_server.root), f"outage-{uuid.uuid4().hex[:6]}", str(tmp_path))
+    ck = AsyncCheckpointer(store, keep=3)
+    ck.save(1, {"model": {"w": torch.ones(10)}}, {"state.json": {"step": 1}})
+    ck.wait()
+    gs_server.stop()
+    try:
+        t0 = time.perf_counter()
+        ck.save(2, {"model": {"w": torch.full((10,), 2.0)}}, {"state.json": {"step": 2}})
+        assert time.perf_counter() - t0 < 1.0
+        time.sleep(8)
+        assert ck.last_committed == 1  # still retrying
+    finally:
+        gs_server.start()
+    ck.wait(timeout=120)
+    assert store.committed_steps() == [1, 2] and store.load_latest()[0] == 2
 
 
 class SlowStore(CheckpointStore):

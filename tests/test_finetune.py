@@ -12,33 +12,19 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import TINY, checkpoint_steps, events, kill_tree, launch, run, wait_for
-from safetensors.torch import load_file
+from conftest import (
+    TINY,
+    args_for,
+    assert_identical,
+    checkpoint_steps,
+    events,
+    kill_tree,
+    launch,
+    run,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-ARGS = [*TINY, "trainer.max_steps=40", "checkpoint.every_steps=8"]
-
-
-def args_for(root: Path, name: str, extra: list[str] = ()) -> list[str]:
-    return [*ARGS, f"storage.root={root}", f"run.name={name}", *extra]
-
-
-def final_weights(run_dir: Path) -> dict:
-    return load_file(run_dir / "final" / "model.safetensors")
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not (wa[k] == wb[k]).all()]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reference")
-    assert run(args_for(root, "ref"), root / "log.txt") == 0, (root / "log.txt").read_text()[-3000:]
-    return root / "ref"
 
 
 def test_tiny_run_writes_the_output_contract(reference):

@@ -75,9 +75,15 @@ class Storage:
 
     @_retry
     def listdir(self, path: str) -> list[str]:
-        """Names directly under `path`; empty when it does not exist."""
-        infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+        """Names directly under `path`; empty when it does not exist.
+
+        Lists recursively and keeps the first component: object stores (and their emulators) do
+        not all report the implicit "directories" of a non-recursive listing."""
+        prefix = path.rstrip("/") + "/"
+        infos = self.fs.get_file_info(
+            pafs.FileSelector(path, allow_not_found=True, recursive=not self.is_local)
+        )
+        return sorted({i.path[len(prefix) :].split("/", 1)[0] for i in infos if i.path.startswith(prefix)})
 
     @_retry
     def read_bytes(self, path: str) -> bytes:
