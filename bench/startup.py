@@ -2,20 +2,18 @@
 
     python -m bench.startup [--repeats 3] [--kill-after 10]
 
-Each round runs the real `python -m pipelines.finetune experiment=tiny logger=none` (venv ready,
-fresh run name and storage root, checkpoint every --every-steps steps, sample tracing on so the
-killed step is known exactly):
+Each round runs the real `python -m pipelines.finetune experiment=tiny logger=none` (venv ready, a
+fresh run name and storage root, a checkpoint every --every-steps steps): launch; once a checkpoint
+with step >= --kill-after has committed, SIGKILL the driver's whole process tree (an abrupt reclaim);
+relaunch the same command and wait for its first step; kill it.
 
-  1. launch; wait for a committed "checkpoint" event with step >= --kill-after;
-  2. SIGKILL the driver's whole process tree (driver, Ray, workers): an abrupt reclaim;
-  3. relaunch the same command; wait for its "first_step" event; kill it.
-
-Times come from events.jsonl ("ts" is unix seconds, written by rank 0) against time.time() taken
-just before each Popen. Fresh start = interpreter + Hydra + ray.init + worker group + model/data load
-+ the "before" evaluation (the "start" event) + the first step. A relaunch skips the evaluation but
-finds, verifies and loads the newest checkpoint (the "resume" event). "Steps recomputed" is the last
-step the killed run finished minus the step it resumed from: work lost to the kill. The reference
-column is PLATFORM.md's plain Ray Train setup on the same 2-core machine. Medians over the rounds.
+Times are event "ts" values (events.jsonl, unix seconds) minus time.time() just before each Popen.
+"Ray up" is when the driver prints "spotrun: run ..." (after ray.init). A fresh start then loads the
+model and data and runs the "before" evaluation ("start" event); a relaunch instead finds, verifies
+and loads the newest checkpoint ("resume" event). "Steps recomputed" = the last step the killed run
+finished (from debug.trace_samples) - the step it resumed from. The reference column is PLATFORM.md's
+plain Ray Train setup on this 2-core machine. Other work on the machine inflates every number: the
+1-minute load average is printed. Medians over the rounds.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,11 +57,22 @@ class Launch:
 
     def __init__(self, cmd: list[str], root: str, name: str, log: str, timeout: float):
         self.root, self.name, self.log, self.timeout = root, name, log, timeout
-        with open(log, "ab") as f:
-            self.t0 = time.time()
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.ray_up: float | None = None
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}  # lines reach _pump as they are printed
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        """Copy the driver's output to the log; note when it announces the run (Ray is up by then)."""
+        with open(self.log, "ab") as log:
+            for line in self.proc.stdout:
+                if self.ray_up is None and line.startswith(b"spotrun: run "):
+                    self.ray_up = time.time()
+                log.write(line)
+                log.flush()
 
     def wait(self, kind: str, min_step: int = 0) -> dict:
         """The first `kind` event since this launch with step >= min_step; fails if the driver exits."""
@@ -116,9 +126,11 @@ def one_round(args: argparse.Namespace, workdir: str) -> dict:
     t0, t1 = fresh.t0, again.t0
     return {
         "fresh_first_step_s": first["ts"] - t0,
+        "fresh_ray_up_s": fresh.ray_up and fresh.ray_up - t0,
         "fresh_start_event_s": start["ts"] - t0,
         "fresh_start_to_first_step_s": first["ts"] - start["ts"],
         "first_step_compute_s": first.get("step_s"),
+        "relaunch_ray_up_s": again.ray_up and again.ray_up - t1,
         "relaunch_resume_event_s": resume["ts"] - t1,
         "relaunch_first_step_s": first2["ts"] - t1,
         "resume_to_first_step_s": first2["ts"] - resume["ts"],
@@ -133,11 +145,13 @@ def one_round(args: argparse.Namespace, workdir: str) -> dict:
 
 ROWS = [  # (key, label, unit)
     ("fresh_first_step_s", "launch -> first step (fresh)", "s"),
-    ("fresh_start_event_s", "  launch -> 'start' event (Ray, workers, load, eval)", "s"),
+    ("fresh_ray_up_s", "  launch -> Ray up (driver prints 'spotrun: run ...')", "s"),
+    ("fresh_start_event_s", "  launch -> 'start' event (+ workers, model/data, eval)", "s"),
     ("fresh_start_to_first_step_s", "  'start' event -> first step (DDP wrap + step)", "s"),
     ("first_step_compute_s", "    of which the first step itself", "s"),
-    ("relaunch_resume_event_s", "relaunch -> 'resume' event (checkpoint loaded)", "s"),
     ("relaunch_first_step_s", "relaunch -> first resumed step", "s"),
+    ("relaunch_ray_up_s", "  relaunch -> Ray up", "s"),
+    ("relaunch_resume_event_s", "  relaunch -> 'resume' event (+ workers, checkpoint loaded)", "s"),
     ("resume_to_first_step_s", "  'resume' event -> first resumed step", "s"),
     ("steps_recomputed", "steps recomputed (killed step - resumed step)", "steps"),
 ]

@@ -87,8 +87,10 @@ class Storage:
 
     @_retry
     def read_bytes(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
+        # One sized read = one GET. A plain stream read() issues many small ranged GETs, which
+        # took 28 s instead of 0.5 s for 60 MB from an S3 API server here.
+        with self.fs.open_input_file(path) as f:
+            return f.read(f.size())
 
     @_retry
     def write_bytes(self, path: str, data: bytes) -> None:
