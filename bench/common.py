@@ -67,6 +67,14 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=15)
 
 
+def busy_note(loads: list[float]) -> str:
+    """How busy the machine was (1-minute load average); a warning when other work shared it."""
+    note = f"1-min load average {min(loads)}-{max(loads)} on {os.cpu_count()} cores"
+    if max(loads) <= (os.cpu_count() or 1):
+        return note + ": a quiet machine"
+    return note + ": other work shared the machine; differences of 10-20 % can be noise, re-run when quiet"
+
+
 def fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, fmt, print_table, read_events, unique_name, write_results
+from bench.common import REPO, busy_note, fmt, print_table, read_events, unique_name, write_results
 
 GOAL_PCT = 5.0
 
@@ -59,40 +59,48 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 # ----- plain DDP -----
-def _plain_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+def _plain_setup(rank: int, world: int, cfg):
+    """What spotrun's Worker builds, minus Ray: (ddp model, model, tokenizer, queries, docs, opt, sched)."""
     import torch
-    import torch.distributed as dist
-    from omegaconf import OmegaConf
     from transformers import get_linear_schedule_with_warmup
 
-    from spotrun.train.data import ExactSampler, Position, load_pairs
-    from spotrun.train.models import contrastive_loss, embed, load_encoder, resolve_model_path
+    from spotrun.train.data import load_pairs
+    from spotrun.train.models import load_encoder, resolve_model_path
 
-    cfg = OmegaConf.create(cfg_dict)
-    t, L = cfg.trainer, cfg.data.max_length
-    torch.set_num_threads(t.threads_per_worker)
-    # As in spotrun's Ray workers: no tokenizer thread pool competing with the ranks for the cores.
-    os.environ.update(TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    t = cfg.trainer
     torch.manual_seed(cfg.seed + rank)
     model, tok = load_encoder(resolve_model_path(cfg.model))
     queries, docs = load_pairs(cfg.data, str(REPO), "train")
-    sampler, pos = ExactSampler(len(queries), t.batch_size, cfg.seed), Position()
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     ddp.train()
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
+    return ddp, model, tok, queries, docs, opt, sched
 
-    def batch(texts):
-        return tok(texts, padding="max_length", truncation=True, max_length=L, return_tensors="pt")
 
+def _plain_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from spotrun.train.data import ExactSampler, Position
+    from spotrun.train.models import contrastive_loss, embed
+
+    cfg = OmegaConf.create(cfg_dict)
+    t, L, pooling = cfg.trainer, cfg.data.max_length, cfg.model.pooling
+    torch.set_num_threads(t.threads_per_worker)
+    # As in spotrun's Ray workers: no tokenizer thread pool competing with the ranks for the cores.
+    os.environ.update(TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ddp, model, tok, queries, docs, opt, sched = _plain_setup(rank, world, cfg)
+    sampler, pos = ExactSampler(len(queries), t.batch_size, cfg.seed), Position()
+    batch = lambda texts: tok(texts, padding="max_length", truncation=True, max_length=L, return_tensors="pt")  # noqa: E731
     dist.barrier()
-    loop_t0 = time.perf_counter()
+    loop_t0, first_s = time.perf_counter(), None
     for i in range(t.max_steps):
-        step_t0 = time.perf_counter()
         ids, pos = sampler.step(pos, rank, world)
-        q = embed(ddp, batch([queries[j] for j in ids]), cfg.model.pooling)
-        d = embed(ddp, batch([docs[j] for j in ids]), cfg.model.pooling)
+        q = embed(ddp, batch([queries[j] for j in ids]), pooling)
+        d = embed(ddp, batch([docs[j] for j in ids]), pooling)
         loss = contrastive_loss(q, d, cfg.model.scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,11 +108,10 @@ def _plain_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) ->
         opt.step()
         sched.step()
         if i == 0:
-            first_s = time.perf_counter() - step_t0
+            first_s = time.perf_counter() - loop_t0
     loop_s = time.perf_counter() - loop_t0
     if rank == 0:
-        with open(out, "w") as f:
-            f.write(f"{loop_s} {first_s}")
+        Path(out).write_text(f"{loop_s} {first_s}")
     dist.destroy_process_group()
 
 
@@ -188,6 +195,7 @@ def report(args: argparse.Namespace, plain: dict, spot: dict) -> dict:
     row = [spot["checkpoints"], fmt(spot["blocked_s_mean"], ".4f"), fmt(spot["write_s_mean"]), fmt(mb, ".1f")]
     headers = ["checkpoints", "blocked_s mean (in loop)", "write_s mean (background)", "MB each"]
     print_table(f"spotrun checkpoints (every {args.every_steps} steps)", headers, [row])
+    print(busy_note(plain["load_1m"] + spot["load_1m"]))
     return {"overhead_pct": over, "overhead_pct_excl_first": rest, "goal_pct": GOAL_PCT, "goal_met": met}
 
 

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, fmt, kill_tree, print_table, read_events, unique_name, write_results
+from bench.common import REPO, busy_note, fmt, kill_tree, print_table, read_events, unique_name, write_results
 
 REFERENCE_S = {"fresh_first_step_s": 16.0, "relaunch_first_step_s": 28.0}  # PLATFORM.md, 2 cores
 
@@ -179,8 +179,7 @@ def report(rounds: list[dict], summary: dict) -> None:
     kills = ", ".join(f"{r['killed_at_step']}->{r['resumed_from_step']}" for r in rounds)
     title = f"Start-up, experiment=tiny, {len(rounds)} round(s); killed step -> resumed step: {kills}"
     print_table(title, ["", "median", "min", "max", "unit", "PLATFORM.md ref", "median / ref"], rows)
-    loads = [x for r in rounds for x in r["load_1m"]]
-    print(f"1-min load average during the rounds: {min(loads)}-{max(loads)} on {os.cpu_count()} cores")
+    print(busy_note([x for r in rounds for x in r["load_1m"]]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,13 +143,79 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+class _NoDirMarkers(pafs.FileSystemHandler):
+    """A GCS filesystem whose create_dir() writes nothing.
+
+    Object stores have no directories: pyarrow's GcsFileSystem emulates them with empty "name/"
+    objects, which the GCS emulator mishandles (the upload fails and the server stops answering).
+    Paths are prefixes; directories are inferred from the objects under them either way.
+    """
+
+    def __init__(self, fs: pafs.FileSystem):
+        self.fs = fs
+
+    def __eq__(self, other):
+        return isinstance(other, _NoDirMarkers) and self.fs.equals(other.fs)
+
+    def equals(self, other):
+        return self == other
+
+    def __reduce__(self):
+        return _NoDirMarkers, (self.fs,)
+
+    def get_type_name(self):
+        return "gcs"
+
+    def normalize_path(self, path):
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        pass
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to empty a whole bucket")
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
 def _gcs(endpoint: str | None) -> pafs.FileSystem:
     # pyarrow's own GCS retry would wait up to 15 min inside one call; keep it short, retry above.
     kwargs = {"retry_time_limit": datetime.timedelta(seconds=15)}
     ep = _endpoint(endpoint, "STORAGE_EMULATOR_HOST")
     if ep:  # emulators take no credentials
         kwargs.update(endpoint_override=ep[0], scheme=ep[1], anonymous=True)
-    return pafs.GcsFileSystem(**kwargs)
+    return pafs.PyFileSystem(_NoDirMarkers(pafs.GcsFileSystem(**kwargs)))
 
 
 def open_storage(
