@@ -67,7 +67,9 @@ def torch_save_sync(state: dict, target: str, storage) -> float:
     return time.perf_counter() - t0
 
 
-def spotrun_save(state: dict, storage, run: str, repeats: int, staging: str) -> tuple[list[float], list[float]]:
+def spotrun_save(
+    state: dict, storage, run: str, repeats: int, staging: str
+) -> tuple[list[float], list[float]]:
     ck = AsyncCheckpointer(CheckpointStore(storage, run, staging), keep=2)
     ck.save(0, {"model": state}, {"state.json": {"step": 0}})  # first save allocates the buffers
     ck.wait()

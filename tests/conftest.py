@@ -73,7 +73,13 @@ def events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 300, what: str = "condition"):
+def wait_for(
+    predicate,
+    proc: subprocess.Popen | None = None,
+    timeout: float = 300,
+    what: str = "condition",
+    interval: float = 0.2,
+):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -81,7 +87,7 @@ def wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 3
             return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"pipeline exited with {proc.returncode} before {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
