@@ -33,9 +33,10 @@ lint: $(STAMP)  ## ruff check + format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json
-	$(PY) -m bench.overhead $(ARGS)
-	$(PY) -m bench.startup $(ARGS)
+bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~25 min on 2 cores)
+	$(PY) -m bench.checkpoint
+	$(PY) -m bench.overhead
+	$(PY) -m bench.startup
 
 clean:  ## Remove local runs and caches (not .venv)
 	rm -rf runs .spotrun .pytest_cache .ruff_cache bench/results

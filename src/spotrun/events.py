@@ -1,7 +1,7 @@
 """The run's events.jsonl: one JSON object per line, the record that reports and tests read.
 
-Kinds written by spotrun: start, resume, checkpoint, checkpoint_skipped, preemption_notice,
-preempted, finish, failed. Every event carries `ts` (unix seconds), `kind`, `source` and `pid`.
+Kinds written by spotrun: start, resume, first_step, checkpoint, checkpoint_skipped,
+preemption_notice, preempted, preempted_timeout, finish, failed. Every event carries `ts` (unix seconds), `kind`, `source` and `pid`.
 """
 
 from __future__ import annotations
