@@ -81,7 +81,9 @@ BAD = [
     (["experiment=nope"], "experiment='nope'"),
     (["data.train_files=missing.jsonl"], "data.train_files='missing.jsonl'"),
     (["model.local_package=null", "model.name=/no/such/model"], "model.name='/no/such/model'"),
+    (["model.local_package=null", "model.name=nobody/no-such-model"], "model.name='nobody/no-such-model'"),
     (["checkpoint.keep=0"], "checkpoint.keep=0"),
+    (["storage.root=ftp://host/x"], "storage.root='ftp://host/x'"),
     (["run.name=bad/name"], "run.name='bad/name'"),
     (["logger.wandb_mode=loud"], "logger.wandb_mode='loud'"),
 ]

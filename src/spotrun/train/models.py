@@ -35,8 +35,10 @@ def check_model(model_cfg) -> str:
             f"model.name={path!r}: expected a Hugging Face model id or an existing model folder"
         )
     try:
+        from huggingface_hub.utils import logging as hub_logging
         from transformers import AutoConfig
 
+        hub_logging.set_verbosity_error()  # the one-line error below says it all; no retry chatter
         AutoConfig.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any failure to resolve means the same to the user
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
