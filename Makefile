@@ -23,7 +23,7 @@ venv: $(STAMP)  ## Create .venv and install spotrun with its dev tools
 finetune: $(STAMP)  ## Fine-tune (CLOUD=local|gcp|aws|azure, ARGS="key=value ...")
 	$(PY) -m pipelines.finetune cloud=$(CLOUD) $(ARGS)
 
-test: $(STAMP)  ## Run the whole test suite (real Ray, ~10 min on 2 cores)
+test: $(STAMP)  ## Run the whole test suite (real Ray and bucket servers, ~11 min on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(STAMP)  ## Run the tests that start no Ray cluster (seconds)

@@ -40,20 +40,23 @@ def create_board(run_name: str):
 
 
 class BoardPoller:
-    """Polls the board from the training loop: never blocks, at most one request in flight."""
+    """Polls the board from the training loop: never blocks, at most one request in flight, and
+    at most one request per `interval_s` (a notice gives tens of seconds; a step costs far less)."""
 
-    def __init__(self, run_name: str):
+    def __init__(self, run_name: str, interval_s: float = 1.0):
         self._board = ray.get_actor(board_name(run_name), namespace=NAMESPACE)
         self._pending = self._board.get.remote()
+        self._interval_s, self._next = interval_s, 0.0
         self.notice: dict | None = None
 
     def poll(self) -> dict | None:
-        if self.notice is None:
+        now = time.monotonic()
+        if self.notice is None and now >= self._next:
             ready, _ = ray.wait([self._pending], timeout=0)
             if ready:
                 self.notice = ray.get(ready[0])
                 if self.notice is None:
-                    self._pending = self._board.get.remote()
+                    self._pending, self._next = self._board.get.remote(), now + self._interval_s
         return self.notice
 
 

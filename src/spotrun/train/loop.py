@@ -175,6 +175,51 @@ class Worker:
         )
 
 
+def _announce(w: Worker, resumed: int | None) -> None:
+    """Rank 0 records the start (scoring the model before training) or the resume."""
+    if w.rank != 0:
+        return
+    if resumed is None:
+        w.meta["metrics_before"] = {"recall_at_1": w.evaluate()}
+        w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
+    else:
+        w.meta["resumes"] = w.meta.get("resumes", 0) + 1
+        w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
+
+
+def _stop_for_notice(w: Worker, notice: dict | None, loss: float, log: RunLogger) -> None:
+    """Checkpoint this step on every rank, wait until it is committed, tell Ray, return."""
+    if w.rank == 0:
+        w.events.emit("preemption_notice", step=w.step, source=notice["source"], notice_ts=notice["ts"])
+    w.save("preemption_notice")
+    if w.rank == 0:
+        info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
+        w.events.emit("preempted", step=w.step, durable_s=round(time.time() - notice["ts"], 3), **info)
+    log.close()
+    w.report({"step": w.step, "loss": loss, "preempted": 1})
+
+
+def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float) -> None:
+    """Score the trained model and write final/ (metrics.json last) on rank 0."""
+    if w.rank == 0:
+        after = {"recall_at_1": w.evaluate()}
+        metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
+        write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
+        before = metrics["before"].get("recall_at_1")
+        w.events.emit(
+            "finish",
+            step=w.step,
+            steps_run=steps_run,
+            loop_s=round(loop_s, 3),
+            before_recall_at_1=before,
+            after_recall_at_1=after["recall_at_1"],
+        )
+        log.finish(after)
+    w.ckpt.close()
+    log.close()
+    w.report({"step": w.step, "preempted": 0, "finished": 1})
+
+
 def train_loop(job: dict) -> None:
     """Ray Train entry point (runs on every rank)."""
     w = Worker(job)
@@ -182,13 +227,7 @@ def train_loop(job: dict) -> None:
     resumed = w.restore()
     log = RunLogger(cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
     w.meta["wandb_id"] = log.run_id
-    if w.rank == 0:
-        if resumed is None:
-            w.meta["metrics_before"] = {"recall_at_1": w.evaluate()}
-            w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
-        else:
-            w.meta["resumes"] = w.meta.get("resumes", 0) + 1
-            w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
+    _announce(w, resumed)
     w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 else w.model
     w.ddp.train()
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
@@ -202,50 +241,19 @@ def train_loop(job: dict) -> None:
             w.events.emit("first_step", step=w.step, step_s=round(time.perf_counter() - t0, 4))
         if cfg.debug.step_sleep_s:
             time.sleep(cfg.debug.step_sleep_s)
+        # One tiny all-reduce: every rank agrees on "notice seen" and "time-based checkpoint due".
         flags = torch.zeros(2, dtype=torch.int64)
         if w.rank == 0:
             flags[0] = int(poller.poll() is not None)
             flags[1] = int(time.monotonic() - last_ckpt >= c.every_seconds)
         if w.world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        notice, due = bool(flags[0]), bool(flags[1]) or w.step % c.every_steps == 0
-        next_ckpt = c.every_steps - w.step % c.every_steps
-        log.step(w.step, loss, samples / (time.perf_counter() - t0), next_ckpt)
-        if notice:
-            if w.rank == 0:
-                w.events.emit(
-                    "preemption_notice",
-                    step=w.step,
-                    source=poller.notice["source"],
-                    notice_ts=poller.notice["ts"],
-                )
-            w.save("preemption_notice")
-            if w.rank == 0:
-                info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
-                w.events.emit(
-                    "preempted", step=w.step, durable_s=round(time.time() - poller.notice["ts"], 3), **info
-                )
-            log.close()
-            w.report({"step": w.step, "loss": loss, "preempted": 1})
-            return
-        if due and w.step < cfg.trainer.max_steps:
+        log.step(w.step, loss, samples / (time.perf_counter() - t0), c.every_steps - w.step % c.every_steps)
+        if flags[0]:
+            return _stop_for_notice(w, poller.notice if poller else None, loss, log)
+        if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
             w.save("periodic")
             last_ckpt = time.monotonic()
             w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
-    loop_s = time.perf_counter() - loop_t0
-    if w.rank == 0:
-        after = {"recall_at_1": w.evaluate()}
-        metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
-        write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
-        w.events.emit(
-            "finish",
-            step=w.step,
-            steps_run=w.step - first_step,
-            loop_s=round(loop_s, 3),
-            **{f"{k}_recall_at_1": v.get("recall_at_1") for k, v in metrics.items() if k != "step"},
-        )
-        log.finish(after)
-    w.ckpt.close()
-    log.close()
-    w.report({"step": w.step, "preempted": 0, "finished": 1})
+    _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0)
