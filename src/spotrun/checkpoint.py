@@ -42,15 +42,22 @@ class CheckpointStore:
     def dir_for(self, step: int) -> str:
         return f"{self.root}/{PREFIX}{step:08d}"
 
+    def _scan(self) -> dict[int, bool]:
+        """step -> committed (its folder holds a manifest), for every checkpoint folder, in one listing."""
+        found: dict[int, bool] = {}
+        for rel in self.storage.list_files(self.root):
+            folder, _, name = rel.partition("/")
+            if folder.startswith(PREFIX) and folder[len(PREFIX) :].isdigit():
+                step = int(folder[len(PREFIX) :])
+                found[step] = found.get(step, False) or name == MANIFEST
+        return found
+
     def steps(self) -> list[int]:
         """Steps of every checkpoint folder, committed or not, oldest first."""
-        names = self.storage.listdir(self.root)
-        return sorted(
-            int(n[len(PREFIX) :]) for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()
-        )
+        return sorted(self._scan())
 
     def committed_steps(self) -> list[int]:
-        return [s for s in self.steps() if self.storage.exists(f"{self.dir_for(s)}/{MANIFEST}")]
+        return sorted(s for s, committed in self._scan().items() if committed)
 
     def write(self, step: int, files: dict[str, bytes]) -> int:
         """Write data files, then the manifest. Returns the bytes written."""
@@ -100,11 +107,12 @@ class CheckpointStore:
 
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest `keep` committed checkpoints (and older uncommitted leftovers)."""
-        committed = self.committed_steps()
+        scan = self._scan()
+        committed = sorted(s for s, ok in scan.items() if ok)
         if len(committed) <= keep:
             return []
         oldest_kept = committed[-keep]
-        doomed = [s for s in self.steps() if s < oldest_kept]
+        doomed = sorted(s for s in scan if s < oldest_kept)
         for step in doomed:
             try:
                 self.storage.delete_dir(self.dir_for(step))

@@ -15,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spotrun.storage import SCHEMES, scheme_of
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -194,9 +196,8 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
         None,
         "a local file, or data.hub_name",
     )
-    scheme = cfg.storage.root.split("://", 1)[0] if "://" in cfg.storage.root else "file"
     _require(
-        scheme in ("file", "s3", "gs"),
+        scheme_of(cfg.storage.root) in SCHEMES,
         "storage.root",
         cfg.storage.root,
         "a path, file://, s3://bucket/prefix or gs://bucket/prefix",

@@ -74,16 +74,15 @@ class Storage:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     @_retry
-    def listdir(self, path: str) -> list[str]:
-        """Names directly under `path`; empty when it does not exist.
+    def list_files(self, path: str) -> list[str]:
+        """Paths of every file below `path`, relative to it; empty when it does not exist.
 
-        Lists recursively and keeps the first component: object stores (and their emulators) do
-        not all report the implicit "directories" of a non-recursive listing."""
+        One recursive listing: object stores (and their emulators) do not all report the implicit
+        "directories" of a non-recursive one."""
         prefix = path.rstrip("/") + "/"
-        infos = self.fs.get_file_info(
-            pafs.FileSelector(path, allow_not_found=True, recursive=not self.is_local)
-        )
-        return sorted({i.path[len(prefix) :].split("/", 1)[0] for i in infos if i.path.startswith(prefix)})
+        infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+        files = (i.path for i in infos if i.type == pafs.FileType.File)
+        return sorted(p[len(prefix) :] for p in files if p.startswith(prefix))
 
     @_retry
     def read_bytes(self, path: str) -> bytes:
@@ -218,11 +217,16 @@ def _gcs(endpoint: str | None) -> pafs.FileSystem:
     return pafs.PyFileSystem(_NoDirMarkers(pafs.GcsFileSystem(**kwargs)))
 
 
+def scheme_of(uri: str) -> str:
+    """The scheme of a storage root ("file", "s3", "gs", ...); a plain path is "file"."""
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
 def open_storage(
     uri: str, repo_root: str | None = None, endpoint: str | None = None, region: str | None = None
 ) -> Storage:
     """Resolve a storage root: a plain path (relative to `repo_root`), file://, s3:// or gs://."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    scheme = scheme_of(uri)
     if scheme not in SCHEMES:
         raise ValueError(f"storage.root={uri!r}: expected a path, file://, s3:// or gs://")
     if scheme == "file":
