@@ -234,6 +234,14 @@ def _one_line(e: Exception, overrides: list[str]) -> str:
     return " ".join(lines[:2]) if lines else type(e).__name__
 
 
+def job_overrides(config_name: str, overrides: list[str], conf_dir: str) -> list[str]:
+    """`experiment=X` picks `conf/<job>/experiment/X.yaml` for a job that keeps its own experiments
+    (embed, sweep), so `experiment=tiny` means "this job, small" for every job kind."""
+    if not os.path.isdir(os.path.join(conf_dir, config_name, "experiment")):
+        return list(overrides)
+    return [f"{config_name}/{o}" if o.startswith("experiment=") else o for o in overrides]
+
+
 def compose(config_name: str, overrides: list[str], conf_dir: str) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with command-line overrides; a ConfigError on any mistake."""
     from hydra import compose as hydra_compose
@@ -242,6 +250,7 @@ def compose(config_name: str, overrides: list[str], conf_dir: str) -> DictConfig
     from hydra.errors import HydraException
 
     register()
+    overrides = job_overrides(config_name, overrides, conf_dir)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
