@@ -23,7 +23,18 @@ from spotrun.train.outputs import is_finished, read_final_metrics
 NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
 
 
-def build_trainer(cfg, run_name: str, storage, job: dict) -> TorchTrainer:
+def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
+    """What every rank's `train_loop` needs: plain data only (it is pickled to the workers)."""
+    return {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "run_name": run_name,
+        "repo_root": repo_root,
+        "model_path": model_path,
+        "local_dir": os.path.join(repo_root, ".spotrun", run_name),
+    }
+
+
+def build_trainer(cfg, run_name: str, storage, job: dict, callbacks: list | None = None) -> TorchTrainer:
     lo, hi = C.worker_range(cfg.trainer.num_workers)
     return TorchTrainer(
         train_loop,
@@ -37,6 +48,7 @@ def build_trainer(cfg, run_name: str, storage, job: dict) -> TorchTrainer:
             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
             # spotrun's store owns retention: it also sees checkpoints Ray never recorded.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,  # a sweep forwards each report to Ray Tune
         ),
     )
 
@@ -55,14 +67,7 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
         print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
         return C.EXIT_OK
     events = EventLog(storage, run_name, source="driver")
-    local_dir = os.path.join(repo_root, ".spotrun", run_name)
-    job = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
-        "run_name": run_name,
-        "repo_root": repo_root,
-        "model_path": model_path,
-        "local_dir": local_dir,
-    }
+    job = job_spec(cfg, repo_root, run_name, model_path)
     init_ray()
     board = create_board(run_name)
     noticed = threading.Event()

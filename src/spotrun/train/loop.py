@@ -199,8 +199,9 @@ def _stop_for_notice(w: Worker, notice: dict | None, loss: float, log: RunLogger
     w.report({"step": w.step, "loss": loss, "preempted": 1})
 
 
-def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float) -> None:
+def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
     """Score the trained model and write final/ (metrics.json last) on rank 0."""
+    final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
     if w.rank == 0:
         after = {"recall_at_1": w.evaluate()}
         metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
@@ -215,9 +216,10 @@ def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float)
             after_recall_at_1=after["recall_at_1"],
         )
         log.finish(after)
+        final["recall_at_1"] = after["recall_at_1"]
     w.ckpt.close()
     log.close()
-    w.report({"step": w.step, "preempted": 0, "finished": 1})
+    w.report({"step": w.step, "preempted": 0, "finished": 1, **final})
 
 
 def train_loop(job: dict) -> None:
@@ -233,7 +235,7 @@ def train_loop(job: dict) -> None:
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
-    first_step, loop_t0 = w.step, time.perf_counter()
+    first_step, loop_t0, loss = w.step, time.perf_counter(), float("nan")
     while w.step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         loss = w.train_step()
@@ -256,4 +258,4 @@ def train_loop(job: dict) -> None:
             last_ckpt = time.monotonic()
             w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
-    _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0)
+    _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0, loss)
