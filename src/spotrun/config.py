@@ -76,7 +76,10 @@ class TrainerConf:
 @dataclass
 class CheckpointConf:
     every_steps: int = 50
-    every_seconds: float = 600.0  # whichever of the two comes first
+    # seconds, or "auto": Young/Daly sqrt(2 * blocking cost * mean time between reclaims), measured
+    every_seconds: Any = 600.0  # whichever of every_steps / every_seconds comes first
+    min_seconds: float = 10.0  # bounds of the "auto" interval
+    max_seconds: float = 1800.0
     keep: int = 3
     verify: bool = True
 
@@ -97,6 +100,15 @@ class CloudConf:
     use_spot: bool = True
     accelerators: list[str] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreemptionConf:
+    # auto: the metadata notice of cloud.name (none on local); none: SIGTERM only; aws, gcp or azure
+    source: str = "auto"
+    endpoint: str | None = None  # the metadata server; None: the provider's link-local address
+    poll_s: float | None = None  # None: the provider's advice (AWS 5 s, GCP and Azure 1 s)
+    mtbr_s: float | None = None  # expected mean time between reclaims; None: conf/prices.yaml's
 
 
 @dataclass
@@ -122,6 +134,7 @@ class FinetuneConf:
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     storage: StorageConf = field(default_factory=StorageConf)
     cloud: CloudConf = field(default_factory=CloudConf)
+    preemption: PreemptionConf = field(default_factory=PreemptionConf)
     logger: LoggerConf = field(default_factory=LoggerConf)
     debug: DebugConf = field(default_factory=DebugConf)
     experiment: str = "default"
@@ -152,6 +165,37 @@ def worker_range(num_workers: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _check_interval(c) -> None:
+    auto = c.every_seconds == "auto"
+    number = isinstance(c.every_seconds, int | float) and not isinstance(c.every_seconds, bool)
+    _require(
+        auto or (number and c.every_seconds > 0),
+        "checkpoint.every_seconds",
+        c.every_seconds,
+        "a number of seconds > 0 or auto",
+    )
+    _require(
+        0 < c.min_seconds <= c.max_seconds,
+        "checkpoint.min_seconds",
+        c.min_seconds,
+        f"0 < min_seconds <= max_seconds ({c.max_seconds})",
+    )
+
+
+def _check_preemption(p) -> None:
+    sources = ("auto", "none", "aws", "gcp", "azure")
+    _require(p.source in sources, "preemption.source", p.source, f"one of {', '.join(sources)}")
+    if p.endpoint is not None:
+        _require(
+            p.endpoint.startswith(("http://", "https://")),
+            "preemption.endpoint",
+            p.endpoint,
+            "an http:// or https:// URL",
+        )
+    _require(p.poll_s is None or p.poll_s > 0, "preemption.poll_s", p.poll_s, "seconds > 0")
+    _require(p.mtbr_s is None or p.mtbr_s > 0, "preemption.mtbr_s", p.mtbr_s, "seconds > 0")
+
+
 def _check_files(key: str, spec: str | None, root: str) -> None:
     if spec is None:
         return
@@ -170,7 +214,8 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     _require(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an int >= 0")
     _require(t.max_failures >= 0, "trainer.max_failures", t.max_failures, "an int >= 0")
     _require(c.every_steps >= 1, "checkpoint.every_steps", c.every_steps, "an int >= 1")
-    _require(c.every_seconds > 0, "checkpoint.every_seconds", c.every_seconds, "a number of seconds > 0")
+    _check_interval(c)
+    _check_preemption(cfg.preemption)
     _require(c.keep >= 1, "checkpoint.keep", c.keep, "an int >= 1")
     _require(cfg.cloud.notice_s >= 10, "cloud.notice_s", cfg.cloud.notice_s, "seconds >= 10")
     _require(cfg.cloud.name in CLOUDS, "cloud.name", cfg.cloud.name, f"one of {', '.join(CLOUDS)}")

@@ -245,3 +245,11 @@ def open_storage(
 def storage_from_cfg(cfg, repo_root: str | None = None) -> Storage:
     s = cfg.storage
     return open_storage(s.root, repo_root, s.get("endpoint"), s.get("region"))
+
+
+def split_run_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/runs/my-run` (or a path) -> (storage root, run name)."""
+    head, _, name = uri.rstrip("/").rpartition("/")
+    if not name or not head or head.endswith(":/"):
+        raise ValueError(f"{uri!r}: expected <storage root>/<run name>")
+    return head, name

@@ -1,0 +1,268 @@
+"""What a run cost and how much of it was useful, from its events.jsonl alone.
+
+    spotrun report RUN_NAME [--root runs]          spotrun report s3://bucket/runs/RUN_NAME
+
+Attempts start at `launch` events (one per pipeline start). A restart is a `resume` event; the
+work it lost is the steps between the furthest step seen before it and the step it resumed from,
+plus the seconds from the reclaim (or the last sign of life) to the next first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+from spotrun import cost
+from spotrun.events import read_events
+from spotrun.storage import open_storage, split_run_uri
+
+PROGRESS = ("first_step", "heartbeat")  # steps reached, timed right at the step
+REACHED = (*PROGRESS, "checkpoint", "preempted", "finish")
+
+
+@dataclass
+class Restart:
+    at_ts: float  # the reclaim (or the last sign of life before it)
+    from_step: int  # the furthest step seen before the restart
+    resumed_step: int
+    restart_s: float = 0.0  # reclaim -> next first step
+    kind: str = "unknown"
+
+    @property
+    def lost_steps(self) -> int:
+        return max(0, self.from_step - self.resumed_step)
+
+
+@dataclass
+class RunSummary:
+    run: str
+    finished: bool
+    final_step: int
+    wall_s: float
+    billed_s: float
+    step_s: float
+    useful_s: float
+    goodput: float
+    reclaims: int
+    lost_s: float
+    lost_steps: int
+    checkpoint_blocked_s: float
+    checkpoints: int
+    resume_s: float
+    startup_s: float
+    restarts: list[dict] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
+
+
+def _step_seconds(events: list[dict]) -> float:
+    """Mean seconds per step from consecutive progress marks with no restart in between."""
+    dt = dsteps = 0.0
+    prev = None
+    for e in events:
+        if e["kind"] in ("launch", "resume", "start"):
+            prev = None
+        elif e["kind"] in PROGRESS:
+            if prev and e["step"] > prev[1]:
+                dt, dsteps = dt + e["ts"] - prev[0], dsteps + e["step"] - prev[1]
+            prev = (e["ts"], e["step"])
+    return dt / dsteps if dsteps else 0.0
+
+
+def _restarts(events: list[dict]) -> list[Restart]:
+    out: list[Restart] = []
+    furthest, last_ts, reclaim, pending = 0, None, None, None
+    for e in events:
+        k = e["kind"]
+        if k in ("reclaim", "preemption_notice") and reclaim is None:
+            reclaim = e
+        elif k == "resume":
+            at = reclaim["ts"] if reclaim else (last_ts or e["ts"])
+            kind = reclaim.get("reclaim", reclaim.get("source", "notice")) if reclaim else "unannounced"
+            pending = Restart(at, furthest, e["step"], kind=kind)
+            out.append(pending)
+            furthest, reclaim = e["step"], None
+        elif k == "first_step" and pending is not None:
+            pending.restart_s, pending = round(e["ts"] - pending.at_ts, 3), None
+        if k in REACHED:
+            furthest = max(furthest, e["step"])
+        if k != "reclaim":
+            last_ts = e["ts"]
+    return out
+
+
+def _billed_s(events: list[dict]) -> float:
+    """Sum of attempt durations: each launch until the last event before the next launch."""
+    total, start, last = 0.0, None, None
+    for e in events:
+        if e["kind"] == "launch":
+            if start is not None:
+                total += last - start
+            start = e.get("started_ts", e["ts"])
+        last = e["ts"]
+    return total + ((last - start) if start is not None else 0.0)
+
+
+def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSummary:
+    events = sorted(events, key=lambda e: e["ts"])
+    if not events:
+        raise ValueError(f"run {run!r} has no events")
+    launches = [e for e in events if e["kind"] == "launch"]
+    first = launches[0].get("started_ts", launches[0]["ts"]) if launches else events[0]["ts"]
+    final_step = max((e["step"] for e in events if e["kind"] in REACHED), default=0)
+    step_s, restarts = _step_seconds(events), _restarts(events)
+    first_step = next((e["ts"] for e in events if e["kind"] == "first_step"), first)
+    useful = final_step * step_s
+    wall = events[-1]["ts"] - first
+    lost = sum(r.lost_steps * step_s + r.restart_s for r in restarts)
+    ckpts = [e for e in events if e["kind"] == "checkpoint"]
+    s = RunSummary(
+        run=run,
+        finished=any(e["kind"] == "finish" for e in events),
+        final_step=final_step,
+        wall_s=round(wall, 3),
+        billed_s=round(_billed_s(events) if launches else wall, 3),
+        step_s=round(step_s, 4),
+        useful_s=round(useful, 3),
+        goodput=round(useful / wall, 4) if wall > 0 else 0.0,
+        reclaims=len(restarts),
+        lost_s=round(lost, 3),
+        lost_steps=sum(r.lost_steps for r in restarts),
+        checkpoint_blocked_s=round(sum(e.get("blocked_s", 0.0) for e in ckpts), 4),
+        checkpoints=len(ckpts),
+        resume_s=round(sum(r.restart_s for r in restarts), 3),
+        startup_s=round(first_step - first, 3),
+        restarts=[asdict(r) | {"lost_steps": r.lost_steps} for r in restarts],
+    )
+    if prices is not None and launches:
+        s.cost = _cost(s, launches[-1], prices)
+    return s
+
+
+def _cost(s: RunSummary, launch: dict, prices: dict) -> dict:
+    cloud, acc, units = launch.get("cloud", "local"), launch.get("accelerator", "cpu"), launch.get("units", 1)
+    try:
+        p = cost.price_for(prices, cloud, acc)
+    except KeyError as e:
+        return {"error": str(e).strip("'\"")}
+    billed_h = s.billed_s / 3600 * units
+    uninterrupted_h = (s.useful_s + s.startup_s) / 3600 * units
+    return {
+        "cloud": cloud,
+        "accelerator": acc,
+        "units": units,
+        "accelerator_hours": round(billed_h, 5),
+        "spot_usd_per_h": p.spot,
+        "on_demand_usd_per_h": p.on_demand,
+        "spot_cost_usd": round(billed_h * p.spot, 5),
+        "on_demand_uninterrupted_usd": round(uninterrupted_h * p.on_demand, 5),
+        "discount": round(p.discount, 4),
+        "effective_saving": round(cost.effective_saving(p, billed_h, uninterrupted_h), 4)
+        if uninterrupted_h > 0
+        else None,
+        "price_table_date": prices.get("date"),
+    }
+
+
+def markdown(s: RunSummary) -> str:
+    rows = [
+        ("finished", s.finished),
+        ("final step", s.final_step),
+        ("wall time", f"{s.wall_s:.1f} s"),
+        ("billed (sum of attempts)", f"{s.billed_s:.1f} s"),
+        ("seconds per step", f"{s.step_s:.3f}"),
+        ("useful step time", f"{s.useful_s:.1f} s"),
+        ("goodput (useful / wall)", f"{s.goodput:.3f}"),
+        ("reclaims survived", s.reclaims),
+        ("work lost (recomputed steps + restarts)", f"{s.lost_s:.1f} s ({s.lost_steps} steps)"),
+        ("checkpoint overhead (loop blocked)", f"{s.checkpoint_blocked_s:.2f} s over {s.checkpoints} saves"),
+        ("resume overhead", f"{s.resume_s:.1f} s"),
+        ("first start-up", f"{s.startup_s:.1f} s"),
+    ]
+    c = s.cost
+    if c and "error" not in c:
+        rows += [
+            (
+                "priced as",
+                f"{c['units']} x {c['accelerator']} on {c['cloud']} (table {c['price_table_date']})",
+            ),
+            ("spot cost, all overhead included", f"${c['spot_cost_usd']:.4f}"),
+            ("on-demand cost of an uninterrupted run", f"${c['on_demand_uninterrupted_usd']:.4f}"),
+            ("list discount / effective saving", f"{c['discount']:.0%} / {c['effective_saving']:.1%}"),
+        ]
+    elif c:
+        rows.append(("cost", c["error"]))
+    lines = [f"# Run `{s.run}`", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+    if s.restarts:
+        lines += [
+            "",
+            "| reclaim | kind | from step | resumed at | lost steps | restart s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(s.restarts, 1):
+            lines.append(
+                f"| {i} | {r['kind']} | {r['from_step']} | {r['resumed_step']} | {r['lost_steps']} | {r['restart_s']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_timeline(events: list[dict], path: str) -> None:
+    """Steps over wall time, with reclaims (red) and committed checkpoints (ticks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = sorted(events, key=lambda e: e["ts"])
+    t0 = events[0].get("started_ts", events[0]["ts"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    pts = [(e["ts"] - t0, e["step"]) for e in events if e["kind"] in REACHED]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), ".-", lw=1, ms=3, label="step reached")
+    ck = [(e["ts"] - t0, e["step"]) for e in events if e["kind"] == "checkpoint"]
+    if ck:
+        ax.plot(*zip(*ck, strict=True), "g|", ms=12, label="checkpoint committed")
+    for i, e in enumerate(x for x in events if x["kind"] in ("reclaim", "preemption_notice")):
+        ax.axvline(e["ts"] - t0, color="r", lw=1, ls="--", label="reclaim" if i == 0 else None)
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("step")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="spotrun report", description="Goodput and cost of a run.")
+    ap.add_argument("run", help="a run name (under --root), or <storage root>/<run name> as a path or URI")
+    ap.add_argument("--root", default=None, help="storage root (default: runs)")
+    ap.add_argument("--endpoint", default=None, help="bucket endpoint (emulators)")
+    ap.add_argument("--prices", default=cost.PRICES, help="price table (default: conf/prices.yaml)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON instead")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    root, name = (a.root, a.run) if a.root or "/" not in a.run else split_run_uri(a.run)
+    try:
+        storage = open_storage(root or "runs", endpoint=a.endpoint)
+        s = summarize(name, read_events(storage, name), cost.load_prices(a.prices))
+    except (ValueError, OSError) as e:
+        print(f"spotrun: report: {e}", file=sys.stderr)
+        return 2
+    write_outputs(storage, name, s, read_events(storage, name))
+    print(json.dumps(asdict(s), indent=2) if a.json else markdown(s))
+    print(
+        f"spotrun: report written to {storage.path(name, 'report')}/ (report.md, report.json, timeline.png)"
+    )
+    return 0
+
+
+def write_outputs(storage, name: str, s: RunSummary, events: list[dict]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_timeline(events, f"{tmp}/timeline.png")
+        with open(f"{tmp}/timeline.png", "rb") as f:
+            storage.write_bytes(storage.path(name, "report", "timeline.png"), f.read())
+    md = markdown(s) + "\n![timeline](timeline.png)\n"
+    storage.write_bytes(storage.path(name, "report", "report.md"), md.encode())
+    storage.write_bytes(storage.path(name, "report", "report.json"), json.dumps(asdict(s), indent=2).encode())
