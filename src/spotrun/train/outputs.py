@@ -25,11 +25,23 @@ def read_final_metrics(storage: Storage, run_name: str) -> dict:
 
 
 def write_final(storage: Storage, run_name: str, model, tokenizer, metrics: dict, local_dir: str) -> None:
-    os.makedirs(local_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=local_dir) as tmp:
+    def save(tmp: str) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        dest = final_dir(storage, run_name)
-        for name in sorted(os.listdir(tmp)):
-            storage.upload_file(os.path.join(tmp, name), f"{dest}/{name}")
+
+    write_final_with(storage, run_name, save, metrics, local_dir)
+
+
+def write_final_with(storage: Storage, run_name: str, save, metrics: dict, local_dir: str) -> None:
+    """`save(folder)` writes the outputs locally; every file (sub-folders too) is uploaded to final/,
+    then metrics.json."""
+    os.makedirs(local_dir, exist_ok=True)
+    dest = final_dir(storage, run_name)
+    with tempfile.TemporaryDirectory(dir=local_dir) as tmp:
+        save(tmp)
+        for folder, _, names in sorted(os.walk(tmp)):
+            rel = os.path.relpath(folder, tmp)
+            for name in sorted(names):
+                target = f"{dest}/{name}" if rel == "." else f"{dest}/{rel}/{name}"
+                storage.upload_file(os.path.join(folder, name), target)
     storage.write_bytes(f"{dest}/metrics.json", json.dumps(metrics, indent=1, sort_keys=True).encode())
