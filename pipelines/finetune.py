@@ -8,9 +8,12 @@ Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (r
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+
+STARTED = time.time()  # the attempt's start (before Ray and torch load): the report counts start-up from here
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from spotrun.train.job import run_finetune
 
-    return run_finetune(cfg, REPO_ROOT, run_name, model_path)
+    return run_finetune(cfg, REPO_ROOT, run_name, model_path, started_ts=STARTED)
 
 
 if __name__ == "__main__":

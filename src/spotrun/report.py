@@ -67,7 +67,10 @@ def _step_seconds(events: list[dict]) -> float:
             if prev and e["step"] > prev[1]:
                 dt, dsteps = dt + e["ts"] - prev[0], dsteps + e["step"] - prev[1]
             prev = (e["ts"], e["step"])
-    return dt / dsteps if dsteps else 0.0
+    if dsteps:
+        return dt / dsteps
+    done = [e for e in events if e["kind"] == "finish" and e.get("steps_run")]  # runs without heartbeats
+    return sum(e["loop_s"] for e in done) / sum(e["steps_run"] for e in done) if done else 0.0
 
 
 def _restarts(events: list[dict]) -> list[Restart]:
@@ -102,6 +105,13 @@ def _billed_s(events: list[dict]) -> float:
             start = e.get("started_ts", e["ts"])
         last = e["ts"]
     return total + ((last - start) if start is not None else 0.0)
+
+
+def observed_mtbr(events: list[dict]) -> float | None:
+    """Mean seconds between reclaims in this run's history (billed time / restarts), or None."""
+    events = sorted(events, key=lambda e: e["ts"])
+    n = sum(e["kind"] == "resume" for e in events)
+    return _billed_s(events) / n if n and any(e["kind"] == "launch" for e in events) else None
 
 
 def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSummary:

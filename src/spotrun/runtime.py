@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 
 import ray
 
-from spotrun.config import RUN_NAME_RE, ConfigError
+from spotrun.config import RUN_NAME_RE, ConfigError, worker_range
 
 
 def resolve_run_name(cfg) -> str:
@@ -52,3 +53,27 @@ def quiet_worker_logs() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def placement(cfg) -> dict:
+    """Where this attempt runs, for the `launch` event and the cost report: cloud, region,
+    accelerator and how many of them are billed (GPUs, or one VM on CPU)."""
+    import json
+
+    info = {}
+    with contextlib.suppress(ValueError):
+        info = json.loads(os.environ.get("SKYPILOT_CLUSTER_INFO") or "{}")
+    lo, hi = worker_range(cfg.trainer.num_workers)
+    gpus = int(os.environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0) * int(
+        os.environ.get("SKYPILOT_NUM_NODES") or 1
+    )
+    accelerators = list(cfg.cloud.get("accelerators") or [])
+    use_gpu = bool(cfg.trainer.use_gpu)
+    return {
+        "cloud": str(info.get("cloud", cfg.cloud.name)).lower(),
+        "region": info.get("region"),
+        "accelerator": (str(accelerators[0]).split(":")[0] if accelerators else "cpu") if use_gpu else "cpu",
+        "units": (gpus or hi) if use_gpu else int(os.environ.get("SKYPILOT_NUM_NODES") or 1),
+        "workers": [lo, hi],
+        "task_id": os.environ.get("SKYPILOT_TASK_ID"),
+    }

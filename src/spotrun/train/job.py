@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import ray
 from omegaconf import OmegaConf
@@ -15,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from spotrun import config as C
 from spotrun.events import EventLog
 from spotrun.notices import create_board, install_sigterm
-from spotrun.runtime import init_ray
+from spotrun.runtime import init_ray, placement
 from spotrun.storage import storage_from_cfg
 from spotrun.train.loop import train_loop
 from spotrun.train.outputs import is_finished, read_final_metrics
@@ -62,13 +63,14 @@ def summary(metrics: dict) -> str:
     return f"{label} before {fmt(before)} -> after {fmt(after)} (step {metrics.get('step')})"
 
 
-def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
+def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts: float | None = None) -> int:
     storage = storage_from_cfg(cfg, repo_root)
     if is_finished(storage, run_name):
         print(f"spotrun: run {run_name!r} already finished: {summary(read_final_metrics(storage, run_name))}")
         print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
         return C.EXIT_OK
     events = EventLog(storage, run_name, source="driver")
+    events.emit("launch", started_ts=round(started_ts or time.time(), 3), **placement(cfg))
     job = job_spec(cfg, repo_root, run_name, model_path)
     init_ray()
     board = create_board(run_name)
@@ -93,6 +95,8 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str) -> int:
             print(f"spotrun: run {run_name!r} failed: {e}", file=sys.stderr)
             return C.EXIT_FAILED
     finally:
+        if not noticed.is_set() and ray.get(board.get.remote()) is not None:
+            noticed.set()  # a cloud metadata notice, seen by a node's watcher
         ray.shutdown()
     if is_finished(storage, run_name):
         print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")

@@ -24,6 +24,7 @@ from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tens
 from spotrun.events import EventLog
 from spotrun.notices import BoardPoller
 from spotrun.storage import storage_from_cfg
+from spotrun.train import pacing
 from spotrun.train import state as st
 from spotrun.train.data import ExactSampler, Position
 from spotrun.train.logger import RunLogger
@@ -211,6 +212,11 @@ def train_loop(job: dict) -> None:
     w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 else w.model
     w.ddp.train()
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
+    watcher = (
+        pacing.watch_node_metadata(cfg, w.run_name) if ray.train.get_context().get_local_rank() == 0 else None
+    )
+    interval, mtbr_from = pacing.checkpoint_interval(cfg, w.storage, w.run_name, w.repo)
+    beat = pacing.Heartbeat(w.events, w.storage.is_local)
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
     first_step, loop_t0, loss = w.step, time.perf_counter(), float("nan")
@@ -225,15 +231,26 @@ def train_loop(job: dict) -> None:
         flags = torch.zeros(2, dtype=torch.int64)
         if w.rank == 0:
             flags[0] = int(poller.poll() is not None)
-            flags[1] = int(time.monotonic() - last_ckpt >= c.every_seconds)
+            flags[1] = int(time.monotonic() - last_ckpt >= interval.seconds)
+            beat.beat(w.step)
         if w.world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         log.step(w.step, loss, samples / (time.perf_counter() - t0), c.every_steps - w.step % c.every_steps)
         if flags[0]:
+            if watcher:
+                watcher.set()
             return _stop_for_notice(w, poller.notice if poller else None, loss, log)
         if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
-            w.save("periodic")
+            blocked = w.save("periodic")
             last_ckpt = time.monotonic()
+            if w.rank == 0 and interval.observe(blocked):
+                w.events.emit(
+                    "checkpoint_interval",
+                    seconds=round(interval.seconds, 2),
+                    cost_s=round(blocked, 4),
+                    mtbr_s=round(interval.mtbr_s, 1),
+                    mtbr_from=mtbr_from,
+                )
             w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
     _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0, loss)
