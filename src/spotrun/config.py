@@ -112,8 +112,14 @@ class CloudConf:
     name: str = "local"
     notice_s: float = 30.0  # the provider's preemption notice; the job must be durable within it
     use_spot: bool = True
-    accelerators: list[str] = field(default_factory=list)
-    regions: list[str] = field(default_factory=list)
+    # SkyPilot launch settings (spotrun launch; see src/spotrun/skytask.py and conf/cloud/*.yaml)
+    accelerators: list[str] = field(default_factory=list)  # "L4:1" candidates; the cheapest wins
+    regions: list[str] = field(default_factory=list)  # "us-central1" (this cloud) or "aws/us-east-1"
+    num_nodes: int = 1
+    recovery: str = "EAGER_NEXT_REGION"  # SkyPilot job_recovery strategy (or FAILOVER)
+    max_restarts_on_errors: int = 3  # restarts after a crash (exit codes other than the ones below)
+    recover_on_exit_codes: list[int] = field(default_factory=lambda: [EXIT_PREEMPTED])
+    on_demand_floor: bool = False  # candidates ordered: spot first, on-demand last (see README)
 
 
 @dataclass
