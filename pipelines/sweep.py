@@ -1,0 +1,47 @@
+"""Hyperparameter sweep over the fine-tune job with Ray Tune; rerun the same command to resume it.
+
+    python -m pipelines.sweep [experiment=tiny] [sweep.search=optuna] [sweep.num_trials=16] ...
+
+Exit codes: 0 finished, 1 a trial failed for good, 2 bad input (nothing started), 75 preempted (relaunch me).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        from spotrun.sweep_config import register, validate_sweep
+
+        register()
+        cfg = compose("sweep", overrides, conf_dir=f"{REPO_ROOT}/conf")
+        validate(cfg, REPO_ROOT)
+        found = validate_sweep(cfg)
+        from spotrun.runtime import resolve_run_name
+        from spotrun.storage import storage_from_cfg
+        from spotrun.train.models import check_model
+
+        run_name = resolve_run_name(cfg)
+        model_path = check_model(cfg.model)
+        unreachable = storage_from_cfg(cfg, REPO_ROOT).probe()
+        if unreachable:
+            raise ConfigError(
+                f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
+            )
+    except ConfigError as e:
+        print(f"spotrun: config error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from spotrun.tune import run_sweep
+
+    return run_sweep(cfg, REPO_ROOT, run_name, model_path, found)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Ray Tune sweep around the fine-tune job: every trial is a fine-tune run of its own.
+
+A trial is a function trainable that builds the same TorchTrainer as `make finetune` (no second
+training loop) with its run folder at `<root>/<sweep run>/trials/<trial>/`. Its checkpoints are
+spotrun's, so a trial that Tune retries, or that a restored sweep starts again, resumes from its own
+newest committed checkpoint. The sweep's Tune state lives in `<root>/<sweep run>/`; rerunning the same
+command restores it: finished trials are kept, unfinished ones continue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import ray
+from omegaconf import DictConfig, OmegaConf
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from spotrun import config as C
+from spotrun.events import read_events
+from spotrun.notices import NAMESPACE, NoticeBoard, board_name
+from spotrun.runtime import init_ray
+from spotrun.storage import open_storage, storage_from_cfg
+from spotrun.train.job import build_trainer, job_spec
+from spotrun.train.outputs import is_finished, read_final_metrics
+from spotrun.tune_results import write_results
+
+NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+TRIAL_MEMORY = 1 << 20  # bytes; a token request (see run_sweep)
+
+
+def to_domain(leaf: DictConfig):
+    """One validated `{kind: args}` leaf as a Ray Tune search domain."""
+    ((kind, args),) = leaf.items()
+    args = OmegaConf.to_container(args)
+    if kind == "choice":
+        return tune.choice(args)
+    if kind == "grid":
+        return tune.grid_search(args)
+    return (tune.loguniform if kind == "loguniform" else tune.uniform)(*args)
+
+
+def param_space(found: dict[str, DictConfig]) -> dict:
+    """Dotted keys -> the nested dict Tune samples; a trial's config merges onto the job config."""
+    space: dict = {}
+    for key, leaf in found.items():
+        *parents, last = key.split(".")
+        node = space
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = to_domain(leaf)
+    return space
+
+
+def trial_run_name(trial_id: str, params: dict) -> str:
+    """Tune's trial id plus a hash of its params: a reused id never resumes another trial's work."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{trial_id}-{digest}"
+
+
+class ReportToTune(TuneReportCallback):
+    """Forwards the trial's Train reports that carry the sweep metric to Tune (runs in Train's
+    controller); reports without it (e.g. recall_at_1 before the end) would break Tune's checks."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if self.metric in metrics[0]:
+            # checkpoint=None: spotrun's store, not Tune, owns the trial's checkpoints
+            super().after_report(run_context, metrics, None)
+
+
+def run_trial(params: dict, spec: dict) -> None:
+    """A Tune trial: one fine-tune run (resumed when its folder already holds checkpoints)."""
+    cfg = OmegaConf.merge(OmegaConf.create(spec["cfg"]), params)
+    name = trial_run_name(tune.get_context().get_trial_id(), params)
+    storage = storage_from_cfg(cfg, spec["repo_root"])
+    if is_finished(storage, name):  # finished, but the sweep state missed it: report, do not rerun
+        m = read_final_metrics(storage, name)
+        tune.report({"step": m["step"], "loss": float("nan"), **m["after"]})
+        return
+    board = NoticeBoard.options(
+        name=board_name(name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
+    ).remote()
+    job = job_spec(cfg, spec["repo_root"], name, spec["model_path"])
+    build_trainer(cfg, name, storage, job, callbacks=[ReportToTune(spec["metric"])]).fit()
+    if is_finished(storage, name):
+        return
+    if ray.get(board.get.remote()) is not None:  # checkpointed for a notice: the driver exits 75
+        time.sleep(3600)
+    raise RuntimeError(f"trial {name} stopped before its last step")
+
+
+def trial_cfg(cfg: DictConfig, run_uri: str) -> dict:
+    """The fine-tune config every trial starts from: the sweep's, with storage under the sweep run."""
+    base = OmegaConf.to_container(cfg, resolve=True)
+    base.pop("sweep")
+    base["run"] = {"name": None, "job": "finetune"}
+    base["storage"]["root"] = f"{run_uri}/trials"
+    return base
+
+
+def _scheduler(cfg: DictConfig):
+    s = cfg.sweep
+    if s.scheduler == "none":
+        return None
+    return tune.schedulers.ASHAScheduler(
+        time_attr="step",  # training steps survive restarts; Tune's iteration counter does not
+        max_t=cfg.trainer.max_steps,
+        grace_period=s.grace_steps,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def _search(cfg: DictConfig):
+    if cfg.sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=cfg.seed)  # Tune caps it at max_concurrent_trials
+    # A generator is not capped by max_concurrent_trials (Tune ignores it): it takes its own cap.
+    return tune.search.BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.sweep.concurrency)
+
+
+def _tuner(cfg, trainable, found, storage, run_name) -> tune.Tuner:
+    """Restore the sweep when its state exists (a relaunch), else start it."""
+    path, fs = storage.path(run_name), None if storage.is_local else storage.fs
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        print(f"spotrun: restoring sweep {run_name!r}: finished trials are kept, the rest resume")
+        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    s = cfg.sweep
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(found),
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            num_samples=s.num_trials,
+            max_concurrent_trials=s.concurrency if s.search == "optuna" else None,
+            scheduler=_scheduler(cfg),
+            search_alg=_search(cfg),
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage.base,
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def _in_flight() -> list[str]:
+    """Run names of the trials running now (each has a notice board; this cluster is the sweep's)."""
+    prefix = board_name("")
+    names = [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE
+    ]
+    return [n[len(prefix) :] for n in names if n.startswith(prefix)]
+
+
+def install_sigterm(trials, grace_s: float) -> None:
+    """On SIGTERM: post a notice to every running trial, wait (at most `grace_s`) until each has
+    committed its checkpoint or finished, then exit 75. A restored sweep resumes them."""
+
+    def drain():
+        t0, running = time.time(), _in_flight()
+        for name in running:
+            ray.get_actor(board_name(name), namespace=NAMESPACE).post.remote("sigterm", grace_s)
+
+        def settled(name: str) -> bool:
+            kinds = {e["kind"] for e in read_events(trials, name) if e["ts"] >= t0}
+            return bool(kinds & {"preempted", "finish"})
+
+        while time.time() - t0 < grace_s and not all(settled(n) for n in running):
+            time.sleep(0.5)
+        done = sum(settled(n) for n in running)
+        sys.stderr.write(f"spotrun: {done}/{len(running)} running trials checkpointed; exit 75\n")
+        sys.stderr.flush()
+        os._exit(C.EXIT_PREEMPTED)  # no Ray teardown: the restored sweep picks up from here
+
+    def handler(signum, frame):
+        if not getattr(handler, "fired", False):
+            handler.fired = True
+            sys.stderr.write("spotrun: SIGTERM: checkpointing the running trials, then exiting 75\n")
+            threading.Thread(target=drain, daemon=True).start()
+            # Whatever the drain is waiting on, the driver is gone by the notice's deadline.
+            threading.Timer(grace_s + 2, os._exit, args=(C.EXIT_PREEMPTED,)).start()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, found: dict) -> int:
+    """Run (or restore) the sweep; write the results. Returns the exit code."""
+    storage = storage_from_cfg(cfg, repo_root)
+    run_uri = f"{storage.uri}/{run_name}"
+    spec = {"cfg": trial_cfg(cfg, run_uri), "repo_root": repo_root, "model_path": model_path}
+    spec["metric"] = cfg.sweep.metric
+    trials = open_storage(spec["cfg"]["storage"]["root"], repo_root, cfg.storage.endpoint, cfg.storage.region)
+    init_ray()
+    # The trial function only waits on its TorchTrainer: it takes no CPU, its workers take them.
+    # (Tune refuses an all-zero request, so it asks for a token 1 MiB of memory instead.)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
+    )
+    install_sigterm(trials, cfg.cloud.notice_s - NOTICE_MARGIN_S)
+    print(f"spotrun: sweep {run_name!r} in {run_uri}")
+    try:
+        grid = _tuner(cfg, trainable, found, storage, run_name).fit()
+    finally:
+        ray.shutdown()
+    rows = write_results(cfg, grid, storage, trials, run_name, repo_root, trial_run_name)
+    return C.EXIT_OK if rows and all(r["status"] != "error" for r in rows) else C.EXIT_FAILED
