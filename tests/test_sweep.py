@@ -16,8 +16,20 @@ from conftest import events, kill_tree, launch, wait_for
 TINY = ["experiment=tiny", "data.eval_size=16"]
 
 
+# 15 steps: checkpoints at 5 and 10, so a reclaim always lands mid-trial. The timeout allows for
+# cores shared with other test runs (4 trials take ~2 min on 2 idle cores, 10+ min on a busy host).
+SLOW_TIMEOUT_S = 1800
+
+
 def sweep_args(root: Path, name: str, extra: list[str] = ()) -> list[str]:
-    return [*TINY, f"storage.root={root}", f"run.name={name}", f"sweep.export_dir={root}/exp", *extra]
+    return [
+        *TINY,
+        "trainer.max_steps=15",
+        f"storage.root={root}",
+        f"run.name={name}",
+        f"sweep.export_dir={root}/exp",
+        *extra,
+    ]
 
 
 def run_sweep(args: list[str], log: Path, timeout: float = 900) -> int:
@@ -52,6 +64,7 @@ def first_checkpoint(run_dir: Path) -> dict | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SLOW_TIMEOUT_S)
 def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
     log, run_dir = storage / "log.txt", storage / "tiny"
     proc = launch(sweep_args(storage, "tiny"), log, module="pipelines.sweep")
@@ -64,8 +77,8 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
     rows = results(run_dir)
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "stopped_early"}
     assert all(r["loss"] for r in rows) and any(r["status"] == "finished" for r in rows)
-    killed = kinds(ckpt["trial"])
-    assert killed.count("start") == 1 and "finish" in killed, killed
+    killed = kinds(ckpt["trial"])  # ASHA may still stop it early after the retry: no finish needed
+    assert killed.count("start") == 1, killed
     resumes = [e for e in events(ckpt["trial"]) if e["kind"] == "resume"]
     assert resumes and resumes[0]["step"] >= ckpt["step"]  # retried from its checkpoint, not from 0
     row = next(r for r in rows if r["trial"] == ckpt["trial"].name)
@@ -78,6 +91,7 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SLOW_TIMEOUT_S)
 def test_driver_killed_mid_sweep_resumes_every_trial_from_its_checkpoint(storage):
     args = sweep_args(storage, "reclaimed", ["sweep.scheduler=none", "sweep.num_trials=3"])
     log, run_dir = storage / "log.txt", storage / "reclaimed"
