@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, events, kill_tree, launch, wait_for
+from servers import SECRET
 
 TINY = ["experiment=tiny"]
 MODULE = "pipelines.embed"
@@ -119,6 +120,8 @@ def test_s3_storage_root(s3_server, tmp_path):
     table = pa.concat_tables(pq.read_table(io.BytesIO(fs.open_input_file(n).readall())) for n in names)
     assert sorted(table.column("id").to_pylist()) == sorted(f"doc-{i}" for i in range(240))
     assert json.loads(fs.open_input_file(f"{prefix}/manifest.json").readall())["rows"] == 240
+    written = fs.open_input_file(f"{s3_server.bucket}/runs/s3/events.jsonl").readall().decode()
+    assert "finish" in written and SECRET not in written + log.read_text()
 
 
 @pytest.mark.parametrize(

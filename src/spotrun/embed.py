@@ -80,6 +80,7 @@ def actor_layout(e, resources: dict) -> tuple[int, float, int]:
 def build_dataset(corpus: pa.Table, pending: list[tuple[int, int, int]], model_path, storage, run_name, e):
     """One block per pending shard (so a batch is exactly one shard) through the actor pool."""
     n, cpus, gpus = actor_layout(e, ray.cluster_resources())
+    print(f"spotrun: {n} embedding actor(s), {cpus} CPU and {gpus} GPU each", flush=True)
     refs = [
         ray.put(corpus.slice(start, stop - start).append_column("shard", pa.array([i] * (stop - start))))
         for i, start, stop in pending
@@ -102,7 +103,7 @@ def build_dataset(corpus: pa.Table, pending: list[tuple[int, int, int]], model_p
         compute=ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=2),
         num_cpus=cpus,
         num_gpus=gpus,
-    ), n
+    )
 
 
 def quiet_ray_data() -> None:
@@ -112,14 +113,14 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def embed_pending(ds, bar: tqdm) -> tuple[int, int]:
-    """Drain the acks: (rows embedded, shards committed) in this launch."""
-    rows = shards = 0
+def embed_pending(ds, bar: tqdm) -> int:
+    """Drain the acks (one per shard; 0 rows for a shard skipped after a notice): rows embedded."""
+    rows = 0
     for ack in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         done = sum(ack.column("rows").to_pylist())
-        rows, shards = rows + done, shards + sum(1 for r in ack.column("rows").to_pylist() if r)
+        rows += done
         bar.update(done)
-    return rows, shards
+    return rows
 
 
 def finish(ledger: ShardLedger, corpus, n_shards, events, stats: dict) -> int:
@@ -166,8 +167,8 @@ def run_embed(cfg, storage: Storage, run_name: str, model_path: str, corpus: pa.
             return C.EXIT_FAILED
     seconds = time.time() - t0
     stats = {"rows_embedded": rows, "seconds": round(seconds, 2), "shards_skipped": len(done)}
-    if noticed.is_set():
-        left = len(bounds) - len(ledger.done_shards())
+    left = len(bounds) - len(ledger.done_shards()) if noticed.is_set() else 0
+    if left:  # a notice that came after the last shard committed changes nothing: finish
         events.emit("preempted", **stats, shards_left=left)
         print(summary_line(run_name, rows, seconds, len(done), uri))
         print(
@@ -200,8 +201,8 @@ def _run_ray(cfg, storage, run_name, model_path, corpus, pending, noticed, event
     total, left = len(corpus), sum(b - a for _, a, b in pending)
     bar = tqdm(total=total, initial=total - left, unit="rows", disable=not cfg.logger.progress, mininterval=1)
     try:
-        ds, actors = build_dataset(corpus, pending, model_path, storage, run_name, cfg.embed)
-        rows, _ = embed_pending(ds, bar)
+        ds = build_dataset(corpus, pending, model_path, storage, run_name, cfg.embed)
+        rows = embed_pending(ds, bar)
     finally:
         bar.close()
         ray.shutdown()
