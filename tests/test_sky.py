@@ -196,6 +196,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_launch_submits_to_local_api_server_and_stops_at_no_cloud_access(private_sky_home):
+    if not os.environ.get("SPOTRUN_TEST_SKY_SERVER"):
+        # Measured here: a cold API server starts ~12 jobs-controller processes; on 2 shared cores the
+        # submission took 3 min and the precheck had not come 12 min later (a warm one: ~5 s).
+        pytest.skip("opt-in (SPOTRUN_TEST_SKY_SERVER=1): a cold SkyPilot API server needs >10 min on 2 cores")
     if shutil.which("rsync") is None:
         pytest.skip("SkyPilot stages managed-job files with rsync, which is not installed here")
     # Its own port: never talk to another SkyPilot API server on this host.
@@ -205,14 +209,23 @@ def test_launch_submits_to_local_api_server_and_stops_at_no_cloud_access(private
     args = ["finetune", "cloud=aws", "storage.root=s3://spotrun-test-bucket/runs"]
     args += ["cloud.accelerators=[]", "cloud.regions=[]"]
     try:
-        out = cli(args, private_sky_home, env, timeout=300)
-        assert out.returncode == 2, out.stdout + out.stderr
-        line = out.stderr.strip().splitlines()[-1]
+        out = cli(args, private_sky_home, env, timeout=420)
+        assert "managed job 1" in out.stdout + out.stderr, out.stdout + out.stderr  # it was submitted
+        assert SECRET not in out.stdout + out.stderr
+        if out.returncode == 0:
+            # A cold API server on 2 shared cores starts a dozen controller processes: the precheck can
+            # come after launch's watch window. Watch on from here, through the same server.
+            os.environ.update(env)
+            with pytest.raises(launch.LaunchError) as e:
+                launch.watch(1, "aws", timeout_s=300)
+            code, line = e.value.code, f"spotrun: {e.value}"
+        else:
+            code, line = out.returncode, out.stderr.strip().splitlines()[-1]
+        assert code == 2, line
         assert line.startswith("spotrun: no access to aws: set up aws credentials and run `sky check aws`")
         assert "managed job 1 stopped at SkyPilot's prechecks" in line
-        assert SECRET not in out.stdout + out.stderr
         jobs = list((private_sky_home / ".sky" / "managed_jobs").glob("*.yaml"))
-        assert jobs and all(SECRET not in p.read_text() for p in jobs)  # submitted, no secret on disk
+        assert jobs and all(SECRET not in p.read_text() for p in jobs)  # no secret value on disk
     finally:
         stop = subprocess.run(
             [str(REPO / ".venv" / "bin" / "sky"), "api", "stop"],
@@ -221,4 +234,6 @@ def test_launch_submits_to_local_api_server_and_stops_at_no_cloud_access(private
             text=True,
             timeout=120,
         )
+        for k in env:
+            os.environ.pop(k, None)
         assert stop.returncode == 0, stop.stderr
