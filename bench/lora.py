@@ -108,7 +108,13 @@ def main() -> None:
         rows,
     )
     out = write_results(
-        "lora", {"model": "SmolLM2-135M-Instruct", "lora": dict(MODEL_CFG.lora), **results, "note": note}
+        "lora",
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "lora_config": OmegaConf.to_container(MODEL_CFG.lora),
+            **results,
+            "note": note,
+        },
     )
     print(f"wrote {out}")
 

@@ -116,3 +116,27 @@ def test_bad_lora_target_modules_fail_before_ray_with_the_module_names(tmp_path)
     for name in ("q_proj", "v_proj", "o_proj", "gate_proj", "qproj"):
         assert name in lines[0]
     assert not (tmp_path / "bad").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_fsdp_sigkill_then_relaunch_resumes_from_sharded_checkpoints(llm_reference, tmp_path):
+    """trainer.parallel=fsdp on CPU/gloo: FSDP2 shards, DCP async checkpoints (one shard file per
+    rank, no rank gathers the model), SIGKILL, relaunch from the shards. FSDP reduces gradients and
+    clips their norm in a different order than DDP, so the adapter matches the DDP run closely, not
+    bit for bit."""
+    log = tmp_path / "log.txt"
+    fsdp = ["trainer.parallel=fsdp"]
+    proc = launch(llm_args(tmp_path, "fsdp", [*fsdp, "debug.step_sleep_s=1.0"]), log)
+    run_dir = tmp_path / "fsdp"
+    wait_for(lambda: 4 in checkpoint_steps(run_dir), proc, timeout=500, what="checkpoint at step 4")
+    kill_tree(proc)
+    ckpt = run_dir / "checkpoints" / "step-00000004"
+    assert set(json.loads((ckpt / "manifest.json").read_text())["files"]) == {"rng.safetensors", "state.json"}
+    assert {p.name for p in (ckpt / "dcp").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert run(llm_args(tmp_path, "fsdp", fsdp), log, timeout=600) == 0, log.read_text()[-3000:]
+    (resume,) = [e for e in events(run_dir) if e["kind"] == "resume"]
+    assert resume["step"] >= 4
+    a, b = adapter(llm_reference), adapter(run_dir)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-3, worst

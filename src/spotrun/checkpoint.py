@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import torch
 from safetensors.torch import load as st_load
@@ -141,7 +142,7 @@ class AsyncCheckpointer:
         self.store, self.keep, self.on_commit = store, keep, on_commit
         self._sets: list[dict[str, dict[str, torch.Tensor]]] = [{}, {}]
         self._cv = threading.Condition()
-        self._pending: tuple | None = None  # (step, buffer set index, json payload, blocked_s)
+        self._pending: tuple | None = None  # (step, buffer set index, json payload, blocked_s, after)
         self._writing: int | None = None  # index of the buffer set being written
         self._error: BaseException | None = None
         self._last_info: dict | None = None
@@ -165,9 +166,15 @@ class AsyncCheckpointer:
             del bufs[stale]
 
     def save(
-        self, step: int, groups: dict[str, dict[str, torch.Tensor]], json_files: dict[str, dict]
+        self,
+        step: int,
+        groups: dict[str, dict[str, torch.Tensor]],
+        json_files: dict[str, dict],
+        after: Future | None = None,
     ) -> float:
-        """Snapshot `groups` (file stem -> tensors) and queue the write. Returns seconds blocked."""
+        """Snapshot `groups` (file stem -> tensors) and queue the write. Returns seconds blocked.
+        `after`: a write that must complete before this checkpoint commits (FSDP's sharded DCP save
+        into the same folder)."""
         t0 = time.perf_counter()
         payload = {name: json.dumps(obj, sort_keys=True).encode() for name, obj in json_files.items()}
         with self._cv:
@@ -182,7 +189,7 @@ class AsyncCheckpointer:
                 )
             self._snapshot(self._sets[idx], groups)
             blocked = time.perf_counter() - t0
-            self._pending = (step, idx, payload, blocked)
+            self._pending = (step, idx, payload, blocked, after)
             self._cv.notify_all()
         return blocked
 
@@ -191,9 +198,11 @@ class AsyncCheckpointer:
             with self._cv:
                 while self._pending is None:
                     self._cv.wait()
-                step, idx, payload, blocked = self._pending
+                step, idx, payload, blocked, after = self._pending
                 self._pending, self._writing = None, idx
             try:
+                if after is not None:
+                    after.result()
                 info = self._write(step, self._sets[idx], payload, blocked)
             except BaseException as e:  # noqa: BLE001 - surfaced to the loop on its next save/wait
                 log.error("checkpoint step %d failed: %s", step, e)

@@ -96,11 +96,11 @@ def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(tensors)
 
 
-def save_full_model(model, folder: str) -> None:
+def save_full_model(model, folder: str, state_dict: dict | None = None) -> None:
     """Every weight as safetensors + config, loadable with `AutoModelForCausalLM.from_pretrained`.
     A model dequantised from GGUF is a plain float model: drop the GGUF marker that blocks saving."""
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)

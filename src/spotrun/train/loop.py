@@ -70,8 +70,11 @@ class Worker:
             found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
         )
         meta = json.loads(files["state.json"])
-        self.task.load_state(bytes_to_tensors(files["model.safetensors"]))
-        st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
+        if self.task.sharded:  # FSDP: every rank reads its own model + optimizer shards (DCP)
+            self.task.load_sharded(self.store.dir_for(int(chosen.item())) + "/dcp", self.opt)
+        else:
+            self.task.load_state(bytes_to_tensors(files["model.safetensors"]))
+            st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
         self.sched.load_state_dict(meta["scheduler"])
         rng = bytes_to_tensors(files["rng.safetensors"])
         if meta["world_size"] == self.world:
@@ -91,9 +94,12 @@ class Worker:
         rng_t, rng_m = st.capture_rng()
         gathered = [None] * self.world
         dist.all_gather_object(gathered, ({k: v.tolist() for k, v in rng_t.items()}, rng_m))
+        t0, shards = time.perf_counter(), None
+        if self.task.sharded:  # FSDP: every rank stages its shards; rank 0 commits after they land
+            shards = self.task.save_sharded(self.store.dir_for(self.step) + "/dcp", self.opt)
         if self.rank != 0:
             return 0.0
-        opt_t, opt_m = st.optimizer_to_flat(self.opt)
+        opt_t, opt_m = ({}, None) if shards is not None else st.optimizer_to_flat(self.opt)
         rng_tensors = {
             f"{r}.{k}": torch.tensor(v, dtype=rng_t[k].dtype)
             for r, (ts, _) in enumerate(gathered)
@@ -109,10 +115,10 @@ class Worker:
             "reason": reason,
             **self.meta,
         }
-        return self.ckpt.save(
-            self.step,
-            {"model": self.task.state_tensors(), "optim": opt_t, "rng": rng_tensors},
-            {"state.json": meta},
+        groups = {} if shards is not None else {"model": self.task.state_tensors(), "optim": opt_t}
+        staged = time.perf_counter() - t0
+        return staged + self.ckpt.save(
+            self.step, {**groups, "rng": rng_tensors}, {"state.json": meta}, after=shards
         )
 
     def _on_commit(self, info: dict) -> None:
@@ -157,10 +163,12 @@ class Worker:
 
 def _announce(w: Worker, resumed: int | None) -> None:
     """Rank 0 records the start (scoring the model before training) or the resume."""
+    if resumed is None and (w.rank == 0 or w.task.sharded):  # FSDP: a forward takes every rank
+        before = w.evaluate()
     if w.rank != 0:
         return
     if resumed is None:
-        w.meta["metrics_before"] = w.evaluate()
+        w.meta["metrics_before"] = before
         w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
     else:
         w.meta["resumes"] = w.meta.get("resumes", 0) + 1
@@ -182,10 +190,11 @@ def _stop_for_notice(w: Worker, notice: dict | None, loss: float, log: RunLogger
 def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
     """Score the trained model and write final/ (metrics.json last) on rank 0."""
     final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
-    if w.rank == 0:
+    if w.rank == 0 or w.task.sharded:  # FSDP: evaluating and gathering the weights take every rank
         after = w.evaluate()
         metrics = {"step": w.step, "before": w.meta.get("metrics_before", {}), "after": after}
         w.task.write_final(w.storage, w.run_name, metrics, job["local_dir"])
+    if w.rank == 0:
         w.events.emit(
             "finish",
             step=w.step,
@@ -209,7 +218,7 @@ def train_loop(job: dict) -> None:
     log = RunLogger(cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
     w.meta["wandb_id"] = log.run_id
     _announce(w, resumed)
-    w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 else w.model
+    w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 and not w.task.sharded else w.model
     w.ddp.train()
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
     watcher = (

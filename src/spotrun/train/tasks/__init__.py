@@ -18,6 +18,9 @@ import torch
 class Task(Protocol):
     model: torch.nn.Module  # the module the loop wraps in DDP and trains
     metric: str  # the headline metric of evaluate(), shown in summaries
+    # True under FSDP: the loop checkpoints through save_sharded/load_sharded (DCP, every rank) and
+    # runs evaluate/write_final on every rank; the state_tensors/load_state pair is then unused.
+    sharded: bool
 
     def num_samples(self) -> int:
         """Size of the training split (the sampler draws ids in [0, n))."""

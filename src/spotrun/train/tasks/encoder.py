@@ -13,6 +13,7 @@ class EncoderTask:
     """In-batch-negatives contrastive loss; recall@1 on held-out pairs; final/ is the whole model."""
 
     metric = "recall_at_1"
+    sharded = False  # always replicated (DDP)
 
     def __init__(self, cfg, model_path: str, repo_root: str, device: torch.device):
         self.cfg, self.repo, self.device = cfg, repo_root, device

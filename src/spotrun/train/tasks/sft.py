@@ -1,7 +1,9 @@
 """Supervised fine-tuning of a causal LM on instruction/response records, with LoRA or in full.
 
 Loss: next-token cross-entropy on the response tokens only. Metric: eval loss (lower is better) on
-the first `data.eval_size` held-out records. bf16 autocast on GPU, fp32 on CPU.
+the first `data.eval_size` held-out records. bf16 autocast on GPU, fp32 on CPU. With
+`trainer.parallel=fsdp` the model is sharded (train/fsdp.py) and `sharded` tells the loop to
+checkpoint through `save_sharded`/`load_sharded` and to evaluate and finish on every rank.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.distributed as dist
 
 from spotrun.train.llm import (
     apply_lora,
@@ -30,8 +33,16 @@ class SFTTask:
     def __init__(self, cfg, model_path: str, repo_root: str, device: torch.device):
         self.cfg, self.repo, self.device = cfg, repo_root, device
         base, self.tok = load_causal_lm(model_path, cfg.model)
+        torch.manual_seed(cfg.seed)  # the adapter's initial weights: the same on every rank and launch
         self.model = apply_lora(base, cfg.model.lora) if cfg.model.lora.enabled else base
         self.model.to(device)
+        # FSDP2: shard before the loop builds the optimizer; checkpoints then go through DCP
+        self.sharded = cfg.trainer.parallel == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
+        if self.sharded:
+            from spotrun.train.fsdp import ShardedCheckpoint, shard_model
+
+            shard_model(self.model, device.type == "cuda")
+            self.shards = ShardedCheckpoint(adapter_only=cfg.model.lora.enabled)
         records = load_records(cfg.data, repo_root, "train")
         self.examples = encode_all(self.tok, records, cfg.data.max_length)
         if not self.examples:
@@ -73,16 +84,30 @@ class SFTTask:
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         load_trainable_state(self.model, tensors)
 
+    # ----- FSDP (self.sharded): collectives, every rank calls them -----
+    def save_sharded(self, folder: str, opt):
+        """Start writing this rank's model + optimizer shards to `folder`; returns the future."""
+        return self.shards.save(folder, self.model, opt)
+
+    def load_sharded(self, folder: str, opt) -> None:
+        self.shards.load(folder, self.model, opt)
+
     def write_final(self, storage, run_name: str, metrics: dict, local_dir: str) -> None:
+        """Under FSDP every rank calls this (gathering the trained tensors is a collective)."""
         lora = self.cfg.model.lora.enabled
+        full = self.shards.full_trainable_state(self.model) if self.sharded else None
+        if self.sharded:
+            self.shards.wait()
+            if dist.get_rank() != 0:
+                return
 
         def save(folder: str) -> None:
             if lora:
-                self.model.save_pretrained(folder, safe_serialization=True)
+                self.model.save_pretrained(folder, safe_serialization=True, state_dict=full)
             else:
-                save_full_model(self.model, folder)
+                save_full_model(self.model, folder, state_dict=full)
             self.tok.save_pretrained(folder)
-            if self.cfg.model.save_merged and lora:
+            if self.cfg.model.save_merged and lora and not self.sharded:  # merging needs whole weights
                 save_full_model(self.model.merge_and_unload(), os.path.join(folder, "merged"))
                 self.tok.save_pretrained(os.path.join(folder, "merged"))
 
