@@ -56,6 +56,7 @@ bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~25 mi
 	$(PY) -m bench.checkpoint
 	$(PY) -m bench.overhead
 	$(PY) -m bench.startup
+	$(PY) -m bench.embed
 	$(PY) -m bench.lora
 
 clean:  ## Remove local runs and caches (not .venv)
