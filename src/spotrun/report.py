@@ -80,7 +80,9 @@ def _restarts(events: list[dict]) -> list[Restart]:
         k = e["kind"]
         if k in ("reclaim", "preemption_notice") and reclaim is None:
             reclaim = e
-        elif k == "resume":
+        elif k == "resume" or (k == "start" and last_ts is not None and furthest > 0):
+            # a resume, or a start over after progress (lost before the first checkpoint committed)
+            e = {**e, "step": e.get("step", 0)}
             at = reclaim["ts"] if reclaim else (last_ts or e["ts"])
             kind = reclaim.get("reclaim", reclaim.get("source", "notice")) if reclaim else "unannounced"
             pending = Restart(at, furthest, e["step"], kind=kind)
@@ -110,7 +112,7 @@ def _billed_s(events: list[dict]) -> float:
 def observed_mtbr(events: list[dict]) -> float | None:
     """Mean seconds between reclaims in this run's history (billed time / restarts), or None."""
     events = sorted(events, key=lambda e: e["ts"])
-    n = sum(e["kind"] == "resume" for e in events)
+    n = len(_restarts(events))
     return _billed_s(events) / n if n and any(e["kind"] == "launch" for e in events) else None
 
 
