@@ -229,9 +229,15 @@ def plot_timeline(events: list[dict], path: str) -> None:
     events = sorted(events, key=lambda e: e["ts"])
     t0 = events[0].get("started_ts", events[0]["ts"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    pts = [(e["ts"] - t0, e["step"]) for e in events if e["kind"] in REACHED]
-    if pts:
-        ax.plot(*zip(*pts, strict=True), ".-", lw=1, ms=3, label="step reached")
+    segments, seg = [], []
+    for e in events:  # one line per stretch of training; restarts leave gaps
+        if e["kind"] in ("launch", "start", "resume") and seg:
+            segments, seg = [*segments, seg], []
+        if e["kind"] in REACHED:
+            seg.append((e["ts"] - t0, e["step"]))
+    for i, pts in enumerate([*segments, seg]):
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ".-", color="C0", lw=1, ms=3, label=None if i else "step reached")
     ck = [(e["ts"] - t0, e["step"]) for e in events if e["kind"] == "checkpoint"]
     if ck:
         ax.plot(*zip(*ck, strict=True), "g|", ms=12, label="checkpoint committed")
