@@ -52,12 +52,13 @@ lint: $(STAMP)  ## ruff check + format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~25 min on 2 cores)
+bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~1 h on 2 cores)
 	$(PY) -m bench.checkpoint
 	$(PY) -m bench.overhead
 	$(PY) -m bench.startup
 	$(PY) -m bench.embed
 	$(PY) -m bench.lora
+	$(PY) -m bench.goodput
 
 clean:  ## Remove local runs and caches (not .venv)
 	rm -rf runs .spotrun .pytest_cache .ruff_cache bench/results

@@ -3,8 +3,9 @@
 A trial is a function trainable that builds the same TorchTrainer as `make finetune` (no second
 training loop) with its run folder at `<root>/<sweep run>/trials/<trial>/`. Its checkpoints are
 spotrun's, so a trial that Tune retries, or that a restored sweep starts again, resumes from its own
-newest committed checkpoint. The sweep's Tune state lives in `<root>/<sweep run>/`; rerunning the same
-command restores it: finished trials are kept, unfinished ones continue.
+newest committed checkpoint. Tune's own (pickled) state stays on local disk (`.spotrun/tune/`), never in
+the bucket; rerunning the same command restores it: finished trials are kept, unfinished ones
+continue. On a new machine the seeded search recreates the trials, which find their folders again.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def param_space(found: dict[str, DictConfig]) -> dict:
 
 
 def trial_run_name(trial_id: str, params: dict) -> str:
-    """Tune's trial id plus a hash of its params: a reused id never resumes another trial's work."""
+    """The trial's index in the search (the counter Tune puts after the `_` of a trial id) plus a
+    hash of its params. A seeded search makes the same trials in the same order, so a sweep started
+    afresh on another machine finds each trial's folder again; a different trial never does."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{trial_id}-{digest}"
+    return f"t{trial_id.rsplit('_', 1)[-1]}-{digest}"
 
 
 class ReportToTune(TuneReportCallback):
@@ -129,12 +132,16 @@ def _search(cfg: DictConfig):
     return tune.search.BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.sweep.concurrency)
 
 
-def _tuner(cfg, trainable, found, storage, run_name) -> tune.Tuner:
-    """Restore the sweep when its state exists (a relaunch), else start it."""
-    path, fs = storage.path(run_name), None if storage.is_local else storage.fs
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+def _tuner(cfg, trainable, found, state_dir: str, run_name: str) -> tune.Tuner:
+    """Restore the sweep when its Tune state exists (the driver restarted here), else start it.
+
+    Tune's state is pickled, so it stays on this machine's disk and never goes to the bucket. On a
+    new machine the seeded search starts again and every trial finds its own folder in the bucket:
+    finished trials report their final metrics at once, unfinished ones resume from checkpoints."""
+    path = os.path.join(state_dir, run_name)
+    if tune.Tuner.can_restore(path):
         print(f"spotrun: restoring sweep {run_name!r}: finished trials are kept, the rest resume")
-        return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+        return tune.Tuner.restore(path, trainable, resume_errored=True)
     s = cfg.sweep
     return tune.Tuner(
         trainable,
@@ -149,8 +156,7 @@ def _tuner(cfg, trainable, found, storage, run_name) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=storage.base,
-            storage_filesystem=fs,
+            storage_path=state_dir,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             verbose=1,
         ),
@@ -213,7 +219,8 @@ def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, f
     install_sigterm(trials, cfg.cloud.notice_s - NOTICE_MARGIN_S)
     print(f"spotrun: sweep {run_name!r} in {run_uri}")
     try:
-        grid = _tuner(cfg, trainable, found, storage, run_name).fit()
+        state_dir = os.path.join(repo_root, ".spotrun", "tune")
+        grid = _tuner(cfg, trainable, found, state_dir, run_name).fit()
     finally:
         ray.shutdown()
     rows = write_results(cfg, grid, storage, trials, run_name, repo_root, trial_run_name)
