@@ -3,7 +3,7 @@
 A trial is a function trainable that builds the same TorchTrainer as `make finetune` (no second
 training loop) with its run folder at `<root>/<sweep run>/trials/<trial>/`. Its checkpoints are
 spotrun's, so a trial that Tune retries, or that a restored sweep starts again, resumes from its own
-newest committed checkpoint. Tune's own (pickled) state stays on local disk (`.spotrun/tune/`), never in
+newest committed checkpoint. Tune's own (pickled) state stays on local disk (`.spotrun/tune/<hash of the run URI>/`), never in
 the bucket; rerunning the same command restores it: finished trials are kept, unfinished ones
 continue. On a new machine the seeded search recreates the trials, which find their folders again.
 """
@@ -219,7 +219,10 @@ def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, f
     install_sigterm(trials, cfg.cloud.notice_s - NOTICE_MARGIN_S)
     print(f"spotrun: sweep {run_name!r} in {run_uri}")
     try:
-        state_dir = os.path.join(repo_root, ".spotrun", "tune")
+        # keyed by the run's full URI: the same run name under another storage root is another sweep
+        state_dir = os.path.join(
+            repo_root, ".spotrun", "tune", hashlib.sha256(run_uri.encode()).hexdigest()[:12]
+        )
         grid = _tuner(cfg, trainable, found, state_dir, run_name).fit()
     finally:
         ray.shutdown()
