@@ -193,8 +193,9 @@ def test_actor_layout_leaves_no_core_idle_and_never_oversubscribes():
     from spotrun.embed import actor_layout
 
     e = OmegaConf.create({"actors": None, "cpus_per_actor": 4})
-    assert actor_layout(e, {"CPU": 2.0}) == (1, 2, 0)  # not two 1-CPU actors on 2 CPUs
-    assert actor_layout(e, {"CPU": 16.0}) == (4, 4, 0)
-    assert actor_layout(e, {"CPU": 16.0, "GPU": 2.0}) == (2, 8, 1)
+    assert actor_layout(e, [2], 0) == (1, 2, 0)  # not two 1-CPU actors on 2 CPUs
+    assert actor_layout(e, [16], 0) == (4, 4, 0)
+    assert actor_layout(e, [2, 2], 0) == (2, 2, 0)  # an actor never needs more than one node has
+    assert actor_layout(e, [16], 2) == (2, 8, 1)
     e.actors = 2
-    assert actor_layout(e, {"CPU": 2.0}) == (2, 1, 0)
+    assert actor_layout(e, [2], 0) == (2, 1, 0)

@@ -65,21 +65,30 @@ class Embedder:
         return pa.table({"shard": [shard], "rows": [len(batch)]})
 
 
-def actor_layout(e, resources: dict) -> tuple[int, float, int]:
-    """(actors, CPUs per actor, GPUs per actor) from the cluster's resources. One actor per GPU;
-    on CPUs the actors share the cores between them and leave none idle (two 1-CPU actors on
-    2 CPUs with a read task to feed them hang: here the driver feeds them, no read task)."""
-    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+def actor_layout(e, node_cpus: list[int], gpus: int) -> tuple[int, float, int]:
+    """(actors, CPUs per actor, GPUs per actor) that fit the cluster's nodes. One actor per GPU;
+    on CPUs the actors split every node's cores and leave none idle (two 1-CPU actors on 2 CPUs
+    hang when a read task must feed them; here the driver feeds them, no read task)."""
+    cpus = max(1, sum(node_cpus))
     if gpus:
         n = e.actors or gpus
         return n, max(1, cpus // n) if cpus >= n else 0.5, 1
-    per = min(e.cpus_per_actor, cpus) if not e.actors else max(1, cpus // e.actors)
-    return e.actors or max(1, cpus // per), per, 0
+    per = min(e.cpus_per_actor, max(node_cpus, default=1))
+    if e.actors:
+        per = max(1, min(per, cpus // e.actors))
+    return e.actors or max(1, sum(c // per for c in node_cpus)), per, 0
+
+
+def cluster_shape() -> tuple[list[int], int]:
+    """CPUs of each alive node, and the cluster's GPUs."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
+    return [c for c in node_cpus if c > 0], int(ray.cluster_resources().get("GPU", 0))
 
 
 def build_dataset(corpus: pa.Table, pending: list[tuple[int, int, int]], model_path, storage, run_name, e):
     """One block per pending shard (so a batch is exactly one shard) through the actor pool."""
-    n, cpus, gpus = actor_layout(e, ray.cluster_resources())
+    n, cpus, gpus = actor_layout(e, *cluster_shape())
     print(f"spotrun: {n} embedding actor(s), {cpus} CPU and {gpus} GPU each", flush=True)
     refs = [
         ray.put(corpus.slice(start, stop - start).append_column("shard", pa.array([i] * (stop - start))))
