@@ -1,12 +1,16 @@
 """Causal language models for supervised fine-tuning: loading (hub id, folder or GGUF), LoRA, checks.
 
 `model.gguf_file` names a GGUF file inside the model folder (the offline SmolLM2 default ships one);
-transformers dequantises it into an ordinary float model. LoRA adapters come from `peft`.
+transformers dequantises it into an ordinary float model, cached once as safetensors. LoRA adapters
+come from `peft`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -26,11 +30,39 @@ def load_causal_lm(path: str, model_cfg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = gguf_kwargs(path, model_cfg)
+    if kw and os.path.isfile(os.path.join(path, kw["gguf_file"])):
+        path, kw = dequantised_copy(path, kw["gguf_file"]), {}
     tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
     return model, tokenizer
+
+
+def dequantised_copy(folder: str, gguf_file: str) -> str:
+    """A local safetensors copy of a GGUF model, made once per file (under HF_HOME/spotrun-gguf/):
+    dequantising takes ~30 s per process, loading the copy ~2 s, and every relaunch loads it."""
+    from huggingface_hub import constants
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = os.stat(os.path.join(folder, gguf_file))
+    key = f"{os.path.realpath(folder)}/{gguf_file}:{st.st_size}:{st.st_mtime_ns}"
+    cache = os.path.join(constants.HF_HOME, "spotrun-gguf", hashlib.sha256(key.encode()).hexdigest()[:16])
+    if os.path.isdir(cache):  # renamed into place complete, never written in place
+        return cache
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(cache), prefix=".tmp-")
+    try:
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        save_full_model(model, tmp)
+        os.rename(tmp, cache)
+    except OSError:  # another worker renamed its copy first: use that one
+        if not os.path.isdir(cache):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
 
 
 def apply_lora(model, lora_cfg):
