@@ -10,6 +10,7 @@ continue. On a new machine the seeded search recreates the trials, which find th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -203,6 +204,30 @@ def install_sigterm(trials, grace_s: float) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def reap_orphaned_placement_groups(every_s: float = 5.0) -> None:
+    """Free the CPUs of trials that ended: remove placement groups whose creating actor is dead.
+
+    Tune ends a trial by killing its actor, and with it the trial's Train controller; the worker
+    group's placement group stays behind. Ray Train's own cleaner finds those through the state API,
+    which needs the dashboard (off here) and one Ray cluster per host; without this the next trials
+    wait for CPUs forever. GCS's table says who created each group and whether it is still alive."""
+    from ray._private.state import state  # pinned ray==2.60.0: the GCS table, no dashboard needed
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    created = gcs_pb2.PlacementGroupTableData.CREATED
+    while ray.is_initialized():
+        with contextlib.suppress(Exception):  # a missed round is retried; the sweep must not die of it
+            for raw in state._connect_and_get_accessor().get_placement_group_table():
+                pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+                by_dead_actor = pg.creator_actor_dead and not ray.ActorID(pg.creator_actor_id).is_nil()
+                if pg.state == created and by_dead_actor and not pg.is_detached:
+                    ray.util.remove_placement_group(
+                        PlacementGroup(ray.PlacementGroupID(pg.placement_group_id))
+                    )
+        time.sleep(every_s)
+
+
 def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, found: dict) -> int:
     """Run (or restore) the sweep; write the results. Returns the exit code."""
     storage = storage_from_cfg(cfg, repo_root)
@@ -211,6 +236,7 @@ def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, f
     spec["metric"] = cfg.sweep.metric
     trials = open_storage(spec["cfg"]["storage"]["root"], repo_root, cfg.storage.endpoint, cfg.storage.region)
     init_ray()
+    threading.Thread(target=reap_orphaned_placement_groups, daemon=True).start()
     # The trial function only waits on its TorchTrainer: it takes no CPU, its workers take them.
     # (Tune refuses an all-zero request, so it asks for a token 1 MiB of memory instead.)
     trainable = tune.with_resources(

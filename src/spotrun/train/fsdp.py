@@ -74,7 +74,7 @@ class ShardedCheckpoint:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._state(model, opt)
-        dcp.load(state, checkpoint_id=folder)
+        dcp.load(state, checkpoint_id=folder, storage_reader=safe_reader(folder))
         set_state_dict(
             model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"], options=self.options
         )
@@ -90,3 +90,64 @@ class ShardedCheckpoint:
             if dist.get_rank() == 0:
                 out[name] = full.detach().cpu()
         return out
+
+
+# DCP writes its `.metadata` with pickle and reads it back with a bare `pickle.load`: a checkpoint
+# folder in a (mounted) bucket could then run code. Read it with an unpickler that only builds DCP's
+# own metadata classes and plain values; shard files are already read with `weights_only=True`.
+_SAFE_GLOBALS = {
+    "builtins": {
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "int",
+        "float",
+        "str",
+        "bytes",
+        "bool",
+        "slice",
+    },
+    "collections": {"OrderedDict", "defaultdict"},
+    "torch": {"Size", "strided", "contiguous_format", "preserve_format", "channels_last"},
+    "torch.serialization": {"_get_layout"},  # looks a layout up by name in a fixed table
+    "pathlib": {"PosixPath", "PurePosixPath"},  # the checkpoint id DCP records
+}
+_SAFE_MODULES = (
+    "torch.distributed.checkpoint.metadata",
+    "torch.distributed.checkpoint.filesystem",
+    "torch.distributed.checkpoint.planner",
+)
+
+
+def _restricted_load(stream):
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+            if module in _SAFE_MODULES or name in _SAFE_GLOBALS.get(module, ()) or dtype:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(
+                f"DCP metadata refers to {module}.{name}: refused (not DCP metadata)"
+            )
+
+    return Unpickler(stream).load()
+
+
+def safe_reader(folder: str):
+    """A DCP FileSystemReader whose metadata load cannot run code."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _restricted_load(f)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(folder)
