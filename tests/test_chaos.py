@@ -54,7 +54,9 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
 
     s = summarize("chaos", ev)
     for restart in s.restarts:
-        limit = 1 if restart["kind"] in ("sigterm", "metadata") else 8 + 8  # + the steps of an unfinished write
+        limit = (
+            1 if restart["kind"] in ("sigterm", "metadata") else 8 + 8
+        )  # + the steps of an unfinished write
         assert restart["lost_steps"] <= limit, restart
     assert (storage / "chaos" / "report" / "timeline.png").stat().st_size > 1000
     assert_identical(storage / "chaos", reference)

@@ -237,7 +237,9 @@ def plot_timeline(events: list[dict], path: str) -> None:
             seg.append((e["ts"] - t0, e["step"]))
     for i, pts in enumerate([*segments, seg]):
         if pts:
-            ax.plot(*zip(*pts, strict=True), ".-", color="C0", lw=1, ms=3, label=None if i else "step reached")
+            ax.plot(
+                *zip(*pts, strict=True), ".-", color="C0", lw=1, ms=3, label=None if i else "step reached"
+            )
     ck = [(e["ts"] - t0, e["step"]) for e in events if e["kind"] == "checkpoint"]
     if ck:
         ax.plot(*zip(*ck, strict=True), "g|", ms=12, label="checkpoint committed")
