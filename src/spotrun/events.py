@@ -1,7 +1,8 @@
 """The run's events.jsonl: one JSON object per line, the record that reports and tests read.
 
-Kinds written by spotrun: start, resume, first_step, checkpoint, checkpoint_skipped,
-preemption_notice, preempted, preempted_timeout, finish, failed. Every event carries `ts` (unix seconds), `kind`, `source` and `pid`.
+Kinds written by spotrun: launch (one per attempt, with where it runs), start, resume, first_step,
+heartbeat, checkpoint, checkpoint_interval, checkpoint_skipped, preemption_notice, preempted,
+preempted_timeout, reclaim (from `spotrun chaos`), finish, failed. Every event carries `ts` (unix seconds), `kind`, `source` and `pid`.
 """
 
 from __future__ import annotations
