@@ -41,7 +41,13 @@ def board_name(run_name: str) -> str:
 
 
 def create_board(run_name: str):
-    return NoticeBoard.options(name=board_name(run_name), namespace=NAMESPACE, lifetime=None).remote()
+    """The run's board, on the driver's own node: a worker node that is lost must not take it along."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return NoticeBoard.options(
+        name=board_name(run_name), namespace=NAMESPACE, lifetime=None, scheduling_strategy=here
+    ).remote()
 
 
 class BoardPoller:

@@ -116,6 +116,12 @@ class Storage:
         )
 
     @_retry
+    def delete_file(self, path: str) -> None:
+        """Delete one file; a missing one is fine."""
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            self.fs.delete_file(path)
+
+    @_retry
     def delete_dir(self, path: str) -> None:
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)

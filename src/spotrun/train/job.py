@@ -21,7 +21,8 @@ from spotrun.storage import storage_from_cfg
 from spotrun.train.loop import train_loop
 from spotrun.train.outputs import is_finished, read_final_metrics
 
-NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+NOTICE_MARGIN_S = 5.0
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME  # exit this long before the provider's notice runs out
 
 
 def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
@@ -36,6 +37,10 @@ def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
 
 
 def build_trainer(cfg, run_name: str, storage, job: dict, callbacks: list | None = None) -> TorchTrainer:
+    # spotrun's store decides what a run resumes from. Ray's own snapshot of reported checkpoints
+    # would still name folders the store has since pruned (checkpoint.keep), and Ray refuses to start
+    # on a snapshot with a missing checkpoint: start Ray's record afresh on every launch.
+    storage.delete_file(storage.path(run_name, RAY_SNAPSHOT))
     lo, hi = C.worker_range(cfg.trainer.num_workers)
     return TorchTrainer(
         train_loop,
