@@ -23,17 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose("finetune", overrides, conf_dir=f"{REPO_ROOT}/conf")
         validate(cfg, REPO_ROOT)
-        from spotrun.runtime import resolve_run_name
-        from spotrun.storage import storage_from_cfg
-        from spotrun.train.models import check_model
+        from spotrun.runtime import preflight
 
-        run_name = resolve_run_name(cfg)
-        model_path = check_model(cfg.model)
-        unreachable = storage_from_cfg(cfg, REPO_ROOT).probe()
-        if unreachable:
-            raise ConfigError(
-                f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
-            )
+        run_name, model_path = preflight(cfg, REPO_ROOT)
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,6 +25,22 @@ def resolve_run_name(cfg) -> str:
     return name
 
 
+def preflight(cfg, repo_root: str) -> tuple[str, str]:
+    """The run name and the model's path, after the checks that look outside the config: the model
+    loads, the storage root is reachable. Raises ConfigError; starts nothing."""
+    from spotrun.storage import storage_from_cfg
+    from spotrun.train.models import check_model
+
+    run_name = resolve_run_name(cfg)
+    model_path = check_model(cfg.model)
+    unreachable = storage_from_cfg(cfg, repo_root).probe()
+    if unreachable:
+        raise ConfigError(
+            f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
+        )
+    return run_name, model_path
+
+
 def init_ray() -> None:
     """A private local Ray cluster, or the cluster in $RAY_ADDRESS (multi-node on SkyPilot)."""
     address = os.environ.get("RAY_ADDRESS") or "local"
