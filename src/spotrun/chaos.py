@@ -123,7 +123,10 @@ class Market:
     # ----- reclaiming -----
     def supervise(self, proc: subprocess.Popen, delay: float | None, kind: str, started: float) -> int:
         """Wait for the attempt; `delay` seconds after its first step, reclaim it as `kind`."""
-        trained = delay is not None and self._wait(proc, lambda: self.first_step_seen(started), 900)
+        # one events read a second: on a bucket each read is a GET of the whole events.jsonl
+        trained = delay is not None and self._wait(
+            proc, lambda: self.first_step_seen(started), 900, interval=1.0
+        )
         if trained and not self._wait(proc, lambda: False, delay):
             self.reclaim(proc, kind, delay)
         return proc.wait()

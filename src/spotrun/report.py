@@ -264,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     root, name = (a.root, a.run) if a.root or "/" not in a.run else split_run_uri(a.run)
     try:
         storage = open_storage(root or "runs", endpoint=a.endpoint)
-        s = summarize(name, read_events(storage, name), cost.load_prices(a.prices))
+        events = read_events(storage, name)
+        s = summarize(name, events, cost.load_prices(a.prices))
     except (ValueError, OSError) as e:
         print(f"spotrun: report: {e}", file=sys.stderr)
         return 2
-    write_outputs(storage, name, s, read_events(storage, name))
+    write_outputs(storage, name, s, events)
     print(json.dumps(asdict(s), indent=2) if a.json else markdown(s))
     print(
         f"spotrun: report written to {storage.path(name, 'report')}/ (report.md, report.json, timeline.png)"

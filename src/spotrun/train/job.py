@@ -3,6 +3,7 @@ notice, and the exit code (0 finished, 75 preempted -- relaunch me, 1 failed).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -100,8 +101,9 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts
             print(f"spotrun: run {run_name!r} failed: {e}", file=sys.stderr)
             return C.EXIT_FAILED
     finally:
-        if not noticed.is_set() and ray.get(board.get.remote()) is not None:
-            noticed.set()  # a cloud metadata notice, seen by a node's watcher
+        with contextlib.suppress(ray.exceptions.RayError):  # never let this check skip the shutdown
+            if not noticed.is_set() and ray.get(board.get.remote(), timeout=10) is not None:
+                noticed.set()  # a cloud metadata notice, seen by a node's watcher
         ray.shutdown()
     if is_finished(storage, run_name):
         print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")

@@ -224,7 +224,10 @@ def train_loop(job: dict) -> None:
     watcher = (
         pacing.watch_node_metadata(cfg, w.run_name) if ray.train.get_context().get_local_rank() == 0 else None
     )
-    interval, mtbr_from = pacing.checkpoint_interval(cfg, w.storage, w.run_name, w.repo)
+    # only rank 0 decides when a time-based checkpoint is due: one read of the run's history
+    interval, mtbr_from = (
+        pacing.checkpoint_interval(cfg, w.storage, w.run_name, w.repo) if w.rank == 0 else (None, None)
+    )
     beat = pacing.Heartbeat(w.events, w.storage.is_local)
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)

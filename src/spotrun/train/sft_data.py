@@ -8,26 +8,17 @@ loss is computed on the response only.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from spotrun.train.data import load_pairs
 
 IGNORE = -100
 
 
 def load_records(data_cfg, repo_root: str, split: str) -> list[tuple[str, str]]:
-    """(prompt, response) pairs of one split."""
-    from datasets import load_dataset
-
-    files = data_cfg.train_files if split == "train" else data_cfg.eval_files
-    if files is not None:
-        paths = [p if os.path.isabs(p) else os.path.join(repo_root, p) for p in files.split(",")]
-        ext = os.path.splitext(paths[0])[1].lstrip(".").removesuffix(".gz")
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[ext]
-        ds = load_dataset(builder, data_files=paths, split="train")
-    else:
-        ds = load_dataset(data_cfg.hub_name, split=split)
-    return list(zip(ds[data_cfg.query_field], ds[data_cfg.doc_field], strict=True))
+    """(prompt, response) pairs of one split: the same files or hub name as the encoder's pairs."""
+    prompts, responses = load_pairs(data_cfg, repo_root, split)
+    return list(zip(prompts, responses, strict=True))
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
