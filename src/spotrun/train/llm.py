@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import torch
@@ -43,26 +45,44 @@ def dequantised_copy(folder: str, gguf_file: str) -> str:
     """A local safetensors copy of a GGUF model, made once per file (under HF_HOME/spotrun-gguf/):
     dequantising takes ~30 s per process, loading the copy ~2 s, and every relaunch loads it."""
     from huggingface_hub import constants
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     st = os.stat(os.path.join(folder, gguf_file))
-    key = f"{os.path.realpath(folder)}/{gguf_file}:{st.st_size}:{st.st_mtime_ns}"
+    key = f"v2:{os.path.realpath(folder)}/{gguf_file}:{st.st_size}:{st.st_mtime_ns}"
     cache = os.path.join(constants.HF_HOME, "spotrun-gguf", hashlib.sha256(key.encode()).hexdigest()[:16])
-    if os.path.isdir(cache):  # renamed into place complete, never written in place
+    if complete_copy(cache):  # renamed into place complete, never written in place
         return cache
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(cache), prefix=".tmp-")
     try:
-        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        save_full_model(model, tmp)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # transformers' save_pretrained writes no weights on a rank other than 0: convert in a
+            # fresh process, outside the process group
+            code = "import sys; from spotrun.train.llm import write_dequantised as w; w(*sys.argv[1:])"
+            subprocess.run([sys.executable, "-c", code, folder, gguf_file, tmp], check=True)
+        else:
+            write_dequantised(folder, gguf_file, tmp)
+        if not complete_copy(tmp):
+            raise RuntimeError(f"dequantising {folder}/{gguf_file} wrote no complete model into {tmp}")
         os.rename(tmp, cache)
     except OSError:  # another worker renamed its copy first: use that one
-        if not os.path.isdir(cache):
+        if not complete_copy(cache):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cache
+
+
+def complete_copy(folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, f)) for f in ("config.json", "model.safetensors"))
+
+
+def write_dequantised(folder: str, gguf_file: str, out: str) -> None:
+    """Tokenizer, config and fp32 weights of the GGUF model as an ordinary transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    save_full_model(model, out)
 
 
 def apply_lora(model, lora_cfg):
