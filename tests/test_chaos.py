@@ -64,6 +64,60 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
     assert_identical(storage / "chaos", reference)
 
 
+def _stages(ev: list[dict]) -> list[bool]:
+    return [e["spot"] for e in ev if e["kind"] == "launch"]
+
+
+def test_after_two_reclaims_the_run_moves_to_on_demand_and_finishes_bit_identical(storage, reference):
+    """cloud.fallback.after_reclaims=2 as SkyPilot's spot -> on-demand chain (chaos plays the
+    controller): two reclaimed spot attempts, the third hands over at its start, on-demand finishes."""
+    extra = ["debug.step_sleep_s=0.3", "cloud.fallback.after_reclaims=2"]
+    r = chaos(
+        ["--schedule", "at:3,3", "--kinds", "sigterm,hard", "--max-reclaims", "2", "--no-verify"],
+        args_for(storage, "floor", extra),
+        storage / "log.txt",
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    ev = events(storage / "floor")
+    assert _stages(ev) == [True, True, False]  # two spot attempts, then on-demand
+    [fb] = [e for e in ev if e["kind"] == "fallback"]
+    assert fb["reason"] == "2 interrupted spot attempts >= cloud.fallback.after_reclaims=2"
+    assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == ["sigterm", "hard"]
+    assert any(e["kind"] == "finish" and e["step"] == 40 for e in ev)
+    assert_identical(storage / "floor", reference)
+    from spotrun import cost
+    from spotrun.report import summarize
+
+    c = summarize("floor", ev, cost.load_prices()).cost
+    assert c["on_demand_fallback_hours"] > 0 and c["cost_usd"] > c["spot_cost_usd"]
+
+
+def test_a_deadline_the_spot_run_would_miss_moves_it_to_on_demand_mid_run(storage, reference):
+    """The projected spot finish passes cloud.fallback.deadline: rank 0 posts the deadline notice,
+    the loop commits a checkpoint at once, the spot stage exits 0, on-demand resumes from it."""
+    import datetime as dt
+
+    # at >= 0.5 s/step the 38 steps after step 2 take >= 19 s: past a deadline 20 s after launch
+    # however fast start-up is, yet the driver's start-up check (before Ray) comes well before it
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)).isoformat(timespec="seconds")
+    extra = ["debug.step_sleep_s=0.5", f"cloud.fallback.deadline={deadline}"]
+    r = chaos(
+        ["--max-reclaims", "0", "--no-verify"], args_for(storage, "deadline", extra), storage / "log.txt"
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    ev = events(storage / "deadline")
+    assert _stages(ev) == [True, False]
+    [fb] = [e for e in ev if e["kind"] == "fallback"]
+    assert (
+        fb["reason"].startswith("projected spot finish ") and "passes cloud.fallback.deadline" in fb["reason"]
+    )
+    [notice] = [e for e in ev if e["kind"] == "preemption_notice"]
+    assert notice["source"] == "deadline" and notice["step"] < 40
+    [resume] = [e for e in ev if e["kind"] == "resume"]
+    assert resume["step"] == notice["step"]  # the handover lost no step
+    assert_identical(storage / "deadline", reference)
+
+
 def test_node_loss_shrinks_the_group_and_the_run_finishes(storage):
     """Two one-CPU worker nodes in a local multi-node Ray cluster; one is removed mid-run. Elastic
     training ([1, 2] workers) restarts on the node that is left, in the same driver, and finishes."""

@@ -97,7 +97,7 @@ def _job_available(job: str) -> None:
 def test_rendered_task_validates(job, floor, tmp_path):
     _job_available(job)
     overrides = ["cloud=gcp", f"storage.root={BUCKET}", "experiment=tiny", f"cloud.on_demand_floor={floor}"]
-    task = launch.build(job, overrides)
+    [task] = launch.build(job, overrides)
     sky_validate(task, tmp_path)
     res, envs = task["resources"], task["envs"]
     assert envs["JOB"] == job and envs["CLOUD"] == "gcp" and envs["BUCKET"] == BUCKET
@@ -115,7 +115,7 @@ def test_rendered_task_validates(job, floor, tmp_path):
 
 
 def test_cross_provider_regions_and_nodes():
-    task = launch.build(
+    [task] = launch.build(
         "finetune",
         [
             "cloud=aws",
@@ -126,6 +126,31 @@ def test_cross_provider_regions_and_nodes():
     )
     assert [c["infra"] for c in task["resources"]["any_of"]] == ["aws/us-east-1", "gcp/us-central1"]
     assert task["num_nodes"] == 2
+
+
+def test_fallback_renders_a_spot_then_on_demand_chain_skypilot_loads(private_sky_home, tmp_path):
+    from sky.utils import dag_utils
+
+    out = cli(
+        ["finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.after_reclaims=3"],
+        private_sky_home,
+    )
+    assert out.returncode == 0, out.stderr
+    path = tmp_path / "chain.yaml"
+    path.write_text(out.stdout)
+    dag = dag_utils.load_chain_dag_from_yaml(str(path))  # what `sky jobs launch chain.yaml` reads
+    names = [t.name for t in dag.tasks]
+    assert dag.is_chain() and names == ["spotrun-finetune-default", "spotrun-finetune-default-on-demand"]
+    header, spot, on_demand = yaml.safe_load_all(out.stdout)
+    assert header == {"name": "spotrun-finetune-default"}
+    assert spot["resources"]["use_spot"] and not on_demand["resources"]["use_spot"]
+    assert (
+        spot["envs"]["SPOTRUN_ON_DEMAND_STAGE"] == "1" and "SPOTRUN_ON_DEMAND_STAGE" not in on_demand["envs"]
+    )
+    assert on_demand["envs"]["ARGS"].split() == ["cloud.fallback.after_reclaims=3", "cloud.use_spot=false"]
+    for task in (spot, on_demand):
+        sky_validate(task, tmp_path)
+        assert task["resources"]["job_recovery"]["recover_on_exit_codes"] == [75]
 
 
 def test_job_recovery_typos_pass_skypilot_but_not_spotrun(tmp_path):
@@ -167,10 +192,19 @@ def test_dryrun_prints_valid_task_without_secret_values(private_sky_home, tmp_pa
         (["cloud=gcp", f"storage.root={BUCKET}", "cloud.accelerators=[L4:x]"], "cloud.accelerators='L4:x'"),
         (["cloud=local", f"storage.root={BUCKET}"], "cloud='local'"),
         (["cloud=gcp", f"storage.root={BUCKET}", "cloud.num_nodes=two"], "cloud.num_nodes='two'"),
+        (
+            ["cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.deadline=friday"],
+            "cloud.fallback.deadline='friday'",
+        ),
+        (
+            ["sweep", "cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.after_reclaims=2"],
+            "cloud.fallback.after_reclaims=2: expected null",
+        ),
     ],
 )
 def test_bad_launch_config_is_one_line_exit_2(args, key, private_sky_home):
-    out = cli(["finetune", "--dryrun", *args], private_sky_home, timeout=120)
+    job = [] if args[0] == "sweep" else ["finetune"]
+    out = cli([*job, "--dryrun", *args], private_sky_home, timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"spotrun: config error: {key}"), out.stderr

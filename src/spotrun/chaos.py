@@ -10,6 +10,9 @@ training, not start-up). Kinds: sigterm (notice by signal, SIGKILL after --grace
 cloud's notice endpoint flips; a 127.0.0.1 server answers like AWS/GCP/Azure), hard (SIGKILL, no
 notice), ckpt (SIGKILL while a checkpoint is being written), node (a Ray node of a local
 multi-node cluster is removed; elastic training shrinks and continues in the same driver).
+
+With `cloud.fallback.*` set it plays SkyPilot's two-task chain too: when the spot stage hands over
+(exit 0, a `fallback` event), the next attempt runs with `cloud.use_spot=false` and is not reclaimed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import time
 
 from spotrun import config as C
+from spotrun import fallback
 from spotrun.chaos_verify import compare_final, final_line
 from spotrun.events import EventLog, read_events
 from spotrun.market import MetadataServer
@@ -65,6 +69,7 @@ class Market:
         )
         self.metadata = MetadataServer().start() if "metadata" in args.kinds else None
         self.cluster = None
+        self.on_demand = False  # the second task of a fallback chain (spotrun.fallback): never reclaimed
         self.log = open(args.log, "ab") if args.log else None  # noqa: SIM115 - open for the whole market
 
     def command(self) -> list[str]:
@@ -74,10 +79,15 @@ class Market:
                 f"preemption.source={self.args.metadata_cloud}",
                 f"preemption.endpoint={self.metadata.url}",
             ]
+        if self.on_demand:
+            extra.append("cloud.use_spot=false")
         return [sys.executable, "-m", "pipelines.finetune", *self.overrides, *extra]
 
     def env(self) -> dict:
         env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+        env.pop(fallback.STAGE_ENV, None)
+        if fallback.enabled(self.cfg) and not self.on_demand:
+            env[fallback.STAGE_ENV] = "1"  # as in the rendered chain: an on-demand task follows
         if self.cluster is not None:
             env.update(RAY_ADDRESS=self.cluster.address, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
         return env
@@ -113,6 +123,10 @@ class Market:
         if not self.storage.is_local or not os.path.isdir(ck):
             return False
         return any(not os.path.exists(os.path.join(d.path, "manifest.json")) for d in os.scandir(ck))
+
+    def handed_over(self, since: float) -> bool:
+        """The attempt ended its spot stage (a `fallback` event): the chain's on-demand task is next."""
+        return any(e["kind"] == "fallback" and e["ts"] >= since for e in self._events())
 
     def _events(self) -> list[dict]:
         try:
@@ -214,11 +228,15 @@ def run_market(m: Market, args) -> int:
         m.start_cluster(args.nodes)
     while True:
         started = time.time()
-        delay = next_delay(reclaims) if reclaims < args.max_reclaims else None
+        delay = next_delay(reclaims) if reclaims < args.max_reclaims and not m.on_demand else None
         kind = args.kinds[reclaims % len(args.kinds)]
         rc = m.supervise(m.start(), delay, kind, started)
         reclaims += delay is not None
         print(f"spotrun chaos: attempt ended with exit {rc}", flush=True)
+        if rc == C.EXIT_OK and not m.on_demand and m.handed_over(started):
+            print("spotrun chaos: the spot stage handed over; starting the on-demand stage", flush=True)
+            m.on_demand = True
+            continue
         if rc == C.EXIT_OK:
             return rc
         if rc == C.EXIT_BAD_INPUT:

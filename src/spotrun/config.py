@@ -108,6 +108,13 @@ class StorageConf:
 
 
 @dataclass
+class FallbackConf:
+    # The on-demand floor for deadline-bound runs (src/spotrun/fallback.py): spot, then on-demand.
+    after_reclaims: int | None = None  # after this many interrupted spot attempts, finish on-demand
+    deadline: str | None = None  # ISO 8601 with timezone: projected spot finish past it -> on-demand
+
+
+@dataclass
 class CloudConf:
     name: str = "local"
     notice_s: float = 30.0  # the provider's preemption notice; the job must be durable within it
@@ -120,6 +127,7 @@ class CloudConf:
     max_restarts_on_errors: int = 3  # restarts after a crash (exit codes other than the ones below)
     recover_on_exit_codes: list[int] = field(default_factory=lambda: [EXIT_PREEMPTED])
     on_demand_floor: bool = False  # candidates ordered: spot first, on-demand last (see README)
+    fallback: FallbackConf = field(default_factory=FallbackConf)
 
 
 @dataclass
@@ -239,6 +247,9 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     _require(c.keep >= 1, "checkpoint.keep", c.keep, "an int >= 1")
     _require(cfg.cloud.notice_s >= 10, "cloud.notice_s", cfg.cloud.notice_s, "seconds >= 10")
     _require(cfg.cloud.name in CLOUDS, "cloud.name", cfg.cloud.name, f"one of {', '.join(CLOUDS)}")
+    from spotrun import fallback  # it imports ConfigError from here
+
+    fallback.check(cfg)
     _require(cfg.data.max_length >= 4, "data.max_length", cfg.data.max_length, "an int >= 4")
     _require(cfg.data.eval_size >= 2, "data.eval_size", cfg.data.eval_size, "an int >= 2")
     _require(cfg.model.pooling in ("mean", "cls"), "model.pooling", cfg.model.pooling, "mean or cls")

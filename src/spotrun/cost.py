@@ -36,10 +36,14 @@ def price_for(table: dict, cloud: str, accelerator: str) -> Price:
     return Price(**prices[accelerator])
 
 
-def effective_saving(price: Price, billed_h: float, uninterrupted_h: float) -> float:
-    """1 - (spot cost of everything billed, overhead included) / (on-demand cost of an
-    uninterrupted run). A 70 % discount with 10 % of the compute lost saves about 67 %."""
-    return 1.0 - (price.spot * billed_h) / (price.on_demand * uninterrupted_h)
+def effective_saving(
+    price: Price, billed_h: float, uninterrupted_h: float, on_demand_h: float = 0.0
+) -> float:
+    """1 - (cost of everything billed, overhead included: `billed_h` on spot, `on_demand_h` after a
+    fallback to on-demand) / (on-demand cost of an uninterrupted run). A 70 % discount with 10 % of
+    the compute lost saves about 67 %."""
+    paid = price.spot * billed_h + price.on_demand * on_demand_h
+    return 1.0 - paid / (price.on_demand * uninterrupted_h)
 
 
 def young_daly(cost_s: float, mtbr_s: float, lo: float, hi: float) -> float:

@@ -60,13 +60,14 @@ def load_config(job: str, overrides: list[str]):
     return cfg
 
 
-def build(job: str, overrides: list[str]) -> dict:
-    """Compose, check, render and validate: the task dict ready to submit. Raises ConfigError."""
+def build(job: str, overrides: list[str]) -> list[dict]:
+    """Compose, check, render and validate: the task (or the spot -> on-demand chain) ready to
+    submit. Raises ConfigError."""
     cfg = load_config(job, overrides)
     template = skytask.load_template(f"{REPO_ROOT}/sky/{job}.yaml")
-    task = skytask.render(cfg, template, overrides)
-    skytask.validate(task)
-    return task
+    tasks = skytask.render_chain(cfg, template, overrides)
+    skytask.validate_chain(tasks)
+    return tasks
 
 
 def check_extra(cloud: str) -> None:
@@ -80,19 +81,28 @@ def check_extra(cloud: str) -> None:
         )
 
 
-def submit(task: dict) -> int:
+def submit(tasks: list[dict]) -> int:
     """Submit through SkyPilot's SDK (it starts a local API server if none is set); the job id.
 
-    Secret values are added to the in-memory task only, from this process's environment."""
+    A chain goes as one managed job whose tasks run in order. Secret values are added to the
+    in-memory tasks only, from this process's environment."""
+    from sky.utils import dag_utils
+
     import sky
 
-    sky_task = sky.Task.from_yaml_config(copy.deepcopy(task))  # it consumes the dict it is given
-    values = {k: os.environ[k] for k in (task.get("secrets") or {}) if os.environ.get(k)}
+    if len(tasks) == 1:
+        entry = sky.Task.from_yaml_config(copy.deepcopy(tasks[0]))  # it consumes the dict it is given
+        sky_tasks = [entry]
+    else:
+        entry = dag_utils.load_chain_dag_from_yaml_str(skytask.to_yaml(tasks))
+        sky_tasks = entry.tasks
+    values = {k: os.environ[k] for k in (tasks[0].get("secrets") or {}) if os.environ.get(k)}
     if values:
-        sky_task.update_secrets(values)
-    name = task["name"]
+        for t in sky_tasks:
+            t.update_secrets(values)
+    name = tasks[0]["name"]
     try:
-        job_ids, _ = sky.get(sky.jobs.launch(sky_task, name=name))
+        job_ids, _ = sky.get(sky.jobs.launch(entry, name=name))
     except sky.exceptions.SkyPilotExcludeArgsBaseException as e:
         raise LaunchError(f"SkyPilot refused the job: {_first_line(e)}") from None
     except Exception as e:  # the SDK re-raises server-side errors of any type
@@ -144,9 +154,11 @@ def watch(job_id: int, cloud: str, timeout_s: float = WATCH_S) -> str:
     return status
 
 
-def follow_hint(job_id: int, task: dict, status: str) -> str:
+def follow_hint(job_id: int, tasks: list[dict], status: str) -> str:
+    task = tasks[0]
+    chain = f" as a chain: {' -> '.join(t['name'] for t in tasks)}" if len(tasks) > 1 else ""
     return (
-        f"spotrun: managed job {job_id} ({task['name']}) submitted, {status}\n"
+        f"spotrun: managed job {job_id} ({task['name']}) submitted{chain}, {status}\n"
         f"  sky jobs logs {job_id}        # follow it (recoveries included)\n"
         f"  sky jobs queue               # status, recoveries, region\n"
         f"  spotrun report {task['envs']['BUCKET'].rstrip('/')}/<run name>   # goodput and cost "
@@ -164,22 +176,22 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     job, overrides = args[0], args[1:]
     try:
-        task = build(job, overrides)
+        tasks = build(job, overrides)
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if dryrun:
-        print(skytask.to_yaml(task), end="")
+        print(skytask.to_yaml(tasks), end="")
         return EXIT_OK
-    cloud = task["envs"]["CLOUD"]
+    cloud = tasks[0]["envs"]["CLOUD"]
     try:
         check_extra(cloud)
-        job_id = submit(task)
+        job_id = submit(tasks)
         status = watch(job_id, cloud)
     except LaunchError as e:
         print(f"spotrun: {e}", file=sys.stderr)
         return e.code
-    print(follow_hint(job_id, task, status))
+    print(follow_hint(job_id, tasks, status))
     return EXIT_OK
 
 

@@ -27,9 +27,9 @@ class NoticeBoard:
     def __init__(self):
         self.notice: dict | None = None
 
-    def post(self, source: str, deadline_s: float) -> bool:
+    def post(self, source: str, deadline_s: float, reason: str | None = None) -> bool:
         if self.notice is None:
-            self.notice = {"source": source, "ts": time.time(), "deadline_s": deadline_s}
+            self.notice = {"source": source, "ts": time.time(), "deadline_s": deadline_s, "reason": reason}
         return True
 
     def get(self) -> dict | None:

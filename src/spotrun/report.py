@@ -52,6 +52,7 @@ class RunSummary:
     checkpoints: int
     resume_s: float
     startup_s: float
+    fallback: str | None = None  # why the run moved to on-demand (spotrun.fallback), if it did
     restarts: list[dict] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
 
@@ -99,14 +100,21 @@ def _restarts(events: list[dict]) -> list[Restart]:
 
 def _billed_s(events: list[dict]) -> float:
     """Sum of attempt durations: each launch until the last event before the next launch."""
-    total, start, last = 0.0, None, None
+    return sum(_billed_split(events))
+
+
+def _billed_split(events: list[dict]) -> tuple[float, float]:
+    """(spot seconds, on-demand seconds): each attempt billed at the rate its `launch` names."""
+    total, start, last, spot = [0.0, 0.0], None, None, True
     for e in events:
         if e["kind"] == "launch":
             if start is not None:
-                total += last - start
-            start = e.get("started_ts", e["ts"])
+                total[0 if spot else 1] += last - start
+            start, spot = e.get("started_ts", e["ts"]), e.get("spot", True)
         last = e["ts"]
-    return total + ((last - start) if start is not None else 0.0)
+    if start is not None:
+        total[0 if spot else 1] += last - start
+    return total[0], total[1]
 
 
 def observed_mtbr(events: list[dict]) -> float | None:
@@ -145,32 +153,37 @@ def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSu
         checkpoints=len(ckpts),
         resume_s=round(sum(r.restart_s for r in restarts), 3),
         startup_s=round(first_step - first, 3),
+        fallback=next((e.get("reason") for e in events if e["kind"] == "fallback"), None),
         restarts=[asdict(r) | {"lost_steps": r.lost_steps} for r in restarts],
     )
     if prices is not None and launches:
-        s.cost = _cost(s, launches[-1], prices)
+        s.cost = _cost(s, launches[-1], _billed_split(events), prices)
     return s
 
 
-def _cost(s: RunSummary, launch: dict, prices: dict) -> dict:
+def _cost(s: RunSummary, launch: dict, billed: tuple[float, float], prices: dict) -> dict:
+    """Money: spot attempts at the spot rate, attempts after a fallback at the on-demand rate."""
     cloud, acc, units = launch.get("cloud", "local"), launch.get("accelerator", "cpu"), launch.get("units", 1)
     try:
         p = cost.price_for(prices, cloud, acc)
     except KeyError as e:
         return {"error": str(e).strip("'\"")}
-    billed_h = s.billed_s / 3600 * units
+    spot_h, on_demand_h = (x / 3600 * units for x in billed)
     uninterrupted_h = (s.useful_s + s.startup_s) / 3600 * units
     return {
         "cloud": cloud,
         "accelerator": acc,
         "units": units,
-        "accelerator_hours": round(billed_h, 5),
+        "accelerator_hours": round(spot_h + on_demand_h, 5),
+        "on_demand_fallback_hours": round(on_demand_h, 5),
         "spot_usd_per_h": p.spot,
         "on_demand_usd_per_h": p.on_demand,
-        "spot_cost_usd": round(billed_h * p.spot, 5),
+        "spot_cost_usd": round(spot_h * p.spot, 5),
+        "on_demand_fallback_usd": round(on_demand_h * p.on_demand, 5),
+        "cost_usd": round(spot_h * p.spot + on_demand_h * p.on_demand, 5),
         "on_demand_uninterrupted_usd": round(uninterrupted_h * p.on_demand, 5),
         "discount": round(p.discount, 4),
-        "effective_saving": round(cost.effective_saving(p, billed_h, uninterrupted_h), 4)
+        "effective_saving": round(cost.effective_saving(p, spot_h, uninterrupted_h, on_demand_h), 4)
         if uninterrupted_h > 0
         else None,
         "price_table_date": prices.get("date"),
@@ -191,6 +204,7 @@ def markdown(s: RunSummary) -> str:
         ("checkpoint overhead (loop blocked)", f"{s.checkpoint_blocked_s:.2f} s over {s.checkpoints} saves"),
         ("resume overhead", f"{s.resume_s:.1f} s"),
         ("first start-up", f"{s.startup_s:.1f} s"),
+        *([("moved to on-demand", s.fallback)] if s.fallback else []),
     ]
     c = s.cost
     if c and "error" not in c:
@@ -200,6 +214,11 @@ def markdown(s: RunSummary) -> str:
                 f"{c['units']} x {c['accelerator']} on {c['cloud']} (table {c['price_table_date']})",
             ),
             ("spot cost, all overhead included", f"${c['spot_cost_usd']:.4f}"),
+            *(
+                [("on-demand after the fallback", f"${c['on_demand_fallback_usd']:.4f}")]
+                if c["on_demand_fallback_hours"]
+                else []
+            ),
             ("on-demand cost of an uninterrupted run", f"${c['on_demand_uninterrupted_usd']:.4f}"),
             ("list discount / effective saving", f"{c['discount']:.0%} / {c['effective_saving']:.1%}"),
         ]

@@ -16,7 +16,8 @@ def resolve_run_name(cfg) -> str:
     """run.name, else SkyPilot's task id (stable across recoveries), else "<job>-<experiment>"."""
     if cfg.run.name:
         return cfg.run.name
-    task_id = os.environ.get("SKYPILOT_TASK_ID")
+    # a chain (spot, then on-demand: src/spotrun/fallback.py) shares its first task's id
+    task_id = (os.environ.get("SKYPILOT_TASK_IDS") or "").split("\n")[0] or os.environ.get("SKYPILOT_TASK_ID")
     if task_id:
         return re.sub(r"[^A-Za-z0-9._-]", "-", task_id).strip("-.")[:128]
     name = f"{cfg.run.job}-{cfg.experiment}"
@@ -92,4 +93,5 @@ def placement(cfg) -> dict:
         "units": (gpus or hi) if use_gpu else int(os.environ.get("SKYPILOT_NUM_NODES") or 1),
         "workers": [lo, hi],
         "task_id": os.environ.get("SKYPILOT_TASK_ID"),
+        "spot": bool(cfg.cloud.use_spot),  # the report prices each attempt at its own rate
     }

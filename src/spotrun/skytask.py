@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from spotrun import fallback
 from spotrun.config import EXIT_PREEMPTED, ConfigError
 from spotrun.storage import scheme_of
 
@@ -53,6 +54,14 @@ def check_launchable(cfg: DictConfig) -> None:
     _require(
         c.max_restarts_on_errors >= 0, "cloud.max_restarts_on_errors", c.max_restarts_on_errors, "an int >= 0"
     )
+    if fallback.enabled(cfg):
+        _require(
+            cfg.run.job == "finetune",
+            "cloud.fallback.after_reclaims",
+            c.fallback.after_reclaims,
+            f"null with cloud.fallback.deadline null for the {cfg.run.job} job (the on-demand fallback "
+            "hands over a fine-tune's checkpoint; sweeps and embedding jobs stay on spot)",
+        )
     codes = list(c.recover_on_exit_codes)
     _require(
         EXIT_PREEMPTED in codes and all(0 < x < 256 for x in codes),
@@ -66,7 +75,7 @@ def _infra(cloud: str, region: str) -> str:
     return region if "/" in region else f"{cloud}/{region}"
 
 
-def resources(cfg: DictConfig) -> dict:
+def resources(cfg: DictConfig, on_demand: bool = False) -> dict:
     """`resources:` from cfg.cloud: accelerator candidates x cloud/region candidates, spot, recovery.
 
     Normally `any_of` (SkyPilot picks the cheapest candidate it can get). With `on_demand_floor` the
@@ -74,8 +83,9 @@ def resources(cfg: DictConfig) -> dict:
     SkyPilot walks that list at launch and at each recovery and takes the first it can provision, so
     on-demand is used only when no spot capacity is left anywhere on the list."""
     c = cfg.cloud
+    spot = bool(c.use_spot) and not on_demand
     res: dict[str, Any] = {
-        "use_spot": bool(c.use_spot),
+        "use_spot": spot,
         "job_recovery": {
             "strategy": c.recovery,
             "max_restarts_on_errors": int(c.max_restarts_on_errors),
@@ -84,7 +94,7 @@ def resources(cfg: DictConfig) -> dict:
     }
     accs = [{a.split(":")[0]: int(a.split(":")[1]) if ":" in a else 1} for a in c.accelerators]
     places = [{"infra": _infra(c.name, r)} for r in c.regions] or [{"infra": c.name}]
-    if c.on_demand_floor and c.use_spot:
+    if c.on_demand_floor and spot:
         # `ordered` takes one accelerator per candidate: the product, spot before on-demand.
         del res["use_spot"]
         res["ordered"] = [
@@ -127,6 +137,24 @@ def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
     }
     task["secrets"] = dict.fromkeys((template.get("secrets") or {}) or SECRETS)
     return task
+
+
+def render_chain(cfg: DictConfig, template: dict, overrides: list[str]) -> list[dict]:
+    """The tasks to submit: one, or with `cloud.fallback` the chain spot -> on-demand.
+
+    The spot task hands over (exit 0) when the fallback fires; SkyPilot then runs the on-demand
+    task, which resumes from the same checkpoint (both use the chain's first task id as run name)."""
+    task = render(cfg, template, overrides)
+    if not fallback.enabled(cfg):
+        return [task]
+    spot = {**task, "envs": {**task["envs"], fallback.STAGE_ENV: "1"}}
+    on_demand = {
+        **task,
+        "name": f"{task['name']}-on-demand",
+        "resources": resources(cfg, on_demand=True),
+        "envs": {**task["envs"], "ARGS": f"{task['envs']['ARGS']} cloud.use_spot=false".strip()},
+    }
+    return [spot, on_demand]
 
 
 def load_template(path: str) -> dict:
@@ -189,5 +217,25 @@ _Dumper.add_representer(
 )
 
 
-def to_yaml(task: dict) -> str:
-    return yaml.dump(task, Dumper=_Dumper, sort_keys=False, width=110)
+def to_yaml(tasks: dict | list[dict]) -> str:
+    """One task, or a chain: a `name:` document, then the tasks in order (SkyPilot's pipeline YAML)."""
+    if isinstance(tasks, dict) or len(tasks) == 1:
+        task = tasks if isinstance(tasks, dict) else tasks[0]
+        return yaml.dump(task, Dumper=_Dumper, sort_keys=False, width=110)
+    docs = [{"name": tasks[0]["name"]}, *tasks]
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, width=110)
+
+
+def validate_chain(tasks: list[dict]) -> None:
+    """Each task as `validate` checks it, and the whole as SkyPilot loads a pipeline YAML."""
+    from sky.utils import dag_utils
+
+    for task in tasks:
+        validate(task)
+    if len(tasks) > 1:
+        try:
+            dag = dag_utils.load_chain_dag_from_yaml_str(to_yaml(tasks))
+        except ValueError as e:
+            raise ConfigError(f"rendered chain: {str(e).splitlines()[0]}") from None
+        if not dag.is_chain() or len(dag.tasks) != len(tasks):
+            raise ConfigError(f"rendered chain: SkyPilot read {len(dag.tasks)} tasks, not {len(tasks)}")

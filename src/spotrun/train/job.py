@@ -15,15 +15,16 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from spotrun import config as C
-from spotrun.events import EventLog
+from spotrun import fallback
+from spotrun.events import EventLog, read_events
 from spotrun.notices import create_board, install_sigterm
 from spotrun.runtime import init_ray, placement
 from spotrun.storage import storage_from_cfg
 from spotrun.train.loop import train_loop
 from spotrun.train.outputs import is_finished, read_final_metrics
 
-NOTICE_MARGIN_S = 5.0
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME  # exit this long before the provider's notice runs out
+NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 
 def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
@@ -34,6 +35,10 @@ def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
         "repo_root": repo_root,
         "model_path": model_path,
         "local_dir": os.path.join(repo_root, ".spotrun", run_name),
+        # rank 0 hands over to on-demand when the projected spot finish passes it (spotrun.fallback)
+        "fallback_deadline": fallback.parse_deadline(cfg.cloud.fallback.deadline)
+        if fallback.active(cfg)
+        else None,
     }
 
 
@@ -76,6 +81,10 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts
         print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
         return C.EXIT_OK
     events = EventLog(storage, run_name, source="driver")
+    history = read_events(storage, run_name) if fallback.active(cfg) else []
+    handover = fallback.reason_at_start(cfg, history, time.time())
+    if handover:
+        return _hand_over(events, run_name, handover)
     events.emit("launch", started_ts=round(started_ts or time.time(), 3), **placement(cfg))
     job = job_spec(cfg, repo_root, run_name, model_path)
     init_ray()
@@ -101,16 +110,30 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts
             print(f"spotrun: run {run_name!r} failed: {e}", file=sys.stderr)
             return C.EXIT_FAILED
     finally:
+        notice = None
         with contextlib.suppress(ray.exceptions.RayError):  # never let this check skip the shutdown
-            if not noticed.is_set() and ray.get(board.get.remote(), timeout=10) is not None:
-                noticed.set()  # a cloud metadata notice, seen by a node's watcher
+            notice = ray.get(board.get.remote(), timeout=10)
+        if notice is not None:
+            noticed.set()  # a cloud metadata notice or the deadline, seen by a worker
         ray.shutdown()
     if is_finished(storage, run_name):
         print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")
         return C.EXIT_OK
     if noticed.is_set():
+        handover = fallback.active(cfg) and fallback.reason_at_notice(
+            cfg, notice, read_events(storage, run_name)
+        )
+        if handover:
+            return _hand_over(events, run_name, handover)
         print(
             f"spotrun: run {run_name!r} preempted; checkpoint committed, exit {C.EXIT_PREEMPTED} (relaunch me)"
         )
         return C.EXIT_PREEMPTED
     return C.EXIT_FAILED
+
+
+def _hand_over(events: EventLog, run_name: str, reason: str) -> int:
+    """End the spot stage: the on-demand task after it resumes from the committed checkpoint."""
+    events.emit("fallback", reason=reason)
+    print(f"spotrun: run {run_name!r} moves to on-demand ({reason}); exit 0 hands it to the next task")
+    return C.EXIT_OK

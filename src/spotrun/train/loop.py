@@ -21,7 +21,7 @@ from ray.train.v2.api.report_config import CheckpointUploadMode
 from transformers import get_linear_schedule_with_warmup
 
 from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tensors
-from spotrun.events import EventLog
+from spotrun.events import EventLog, read_events
 from spotrun.notices import BoardPoller
 from spotrun.storage import storage_from_cfg
 from spotrun.train import pacing
@@ -225,8 +225,12 @@ def train_loop(job: dict) -> None:
         pacing.watch_node_metadata(cfg, w.run_name) if ray.train.get_context().get_local_rank() == 0 else None
     )
     # only rank 0 decides when a time-based checkpoint is due: one read of the run's history
-    interval, mtbr_from = (
-        pacing.checkpoint_interval(cfg, w.storage, w.run_name, w.repo) if w.rank == 0 else (None, None)
+    history = read_events(w.storage, w.run_name) if w.rank == 0 else []
+    interval, mtbr_from = pacing.checkpoint_interval(cfg, history, w.repo) if w.rank == 0 else (None, None)
+    deadline = (
+        pacing.DeadlineWatch(job["fallback_deadline"], history, w.run_name, cfg.trainer.max_steps)
+        if w.rank == 0 and job.get("fallback_deadline")
+        else None
     )
     beat = pacing.Heartbeat(w.events, w.storage.is_local)
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
@@ -239,6 +243,8 @@ def train_loop(job: dict) -> None:
             w.events.emit("first_step", step=w.step, step_s=round(time.perf_counter() - t0, 4))
         if cfg.debug.step_sleep_s:
             time.sleep(cfg.debug.step_sleep_s)
+        if deadline and w.step > first_step + 1:  # the attempt's first step (warm-up) is left out
+            deadline.check(w.step, time.perf_counter() - t0)
         # One tiny all-reduce: every rank agrees on "notice seen" and "time-based checkpoint due".
         flags = torch.zeros(2, dtype=torch.int64)
         if w.rank == 0:

@@ -9,23 +9,48 @@ import time
 
 import ray
 
-from spotrun import cost
-from spotrun.events import EventLog, read_events
+from spotrun import cost, fallback
+from spotrun.events import EventLog
 from spotrun.notices import DEFAULT_POLL_S, NAMESPACE, board_name, metadata_source, watch_metadata
 from spotrun.report import observed_mtbr
 
 
-def checkpoint_interval(cfg, storage, run_name: str, repo_root: str) -> tuple[cost.CheckpointInterval, str]:
-    """The interval, with the mean time between reclaims taken from this run's own history when it
-    has any, else `preemption.mtbr_s`, else the cloud's row in conf/prices.yaml."""
+def checkpoint_interval(cfg, history: list[dict], repo_root: str) -> tuple[cost.CheckpointInterval, str]:
+    """The interval, with the mean time between reclaims taken from this run's own history (its
+    events so far) when it has any, else `preemption.mtbr_s`, else the cloud's row in conf/prices.yaml."""
     c = cfg.checkpoint
-    mtbr, source = observed_mtbr(read_events(storage, run_name)), "observed"
+    mtbr, source = observed_mtbr(history), "observed"
     if mtbr is None:
         mtbr, source = cfg.preemption.mtbr_s, "preemption.mtbr_s"
     if mtbr is None:
         table = cost.load_prices(f"{repo_root}/conf/prices.yaml")
         mtbr, source = table["clouds"].get(cfg.cloud.name, {}).get("mtbr_s", 3600.0), "conf/prices.yaml"
     return cost.CheckpointInterval(c.every_seconds, c.min_seconds, c.max_seconds, float(mtbr)), source
+
+
+class DeadlineWatch:
+    """Rank 0 of a spot stage with `cloud.fallback.deadline`: posts the deadline notice (the loop
+    then stops as for a preemption notice and the driver hands over to on-demand) once the
+    projected spot finish passes the deadline."""
+
+    def __init__(self, deadline: float, history: list[dict], run_name: str, max_steps: int):
+        self.deadline, self.max_steps = deadline, max_steps
+        self.goodput = fallback.history_goodput(history)
+        self.board = ray.get_actor(board_name(run_name), namespace=NAMESPACE)
+        self.step_s: float | None = None
+        self.posted = False
+
+    def check(self, step: int, step_s: float) -> None:
+        if self.posted:
+            return
+        # a moving average of the step time
+        self.step_s = step_s if self.step_s is None else 0.8 * self.step_s + 0.2 * step_s
+        reason = fallback.reason_at_deadline(
+            self.deadline, time.time(), step, self.max_steps, self.step_s, self.goodput
+        )
+        if reason:
+            self.board.post.remote(fallback.DEADLINE_SOURCE, 0.0, reason)
+            self.posted = True
 
 
 class Heartbeat:
