@@ -97,9 +97,11 @@ def submit(tasks: list[dict]) -> int:
         entry = dag_utils.load_chain_dag_from_yaml_str(skytask.to_yaml(tasks))
         sky_tasks = entry.tasks
     values = {k: os.environ[k] for k in (tasks[0].get("secrets") or {}) if os.environ.get(k)}
-    if values:
-        for t in sky_tasks:
-            t.update_secrets(values)
+    for t in sky_tasks:
+        t.update_secrets(values)
+        if t.managed_secret_refs:  # a null secret: SkyPilot would fail the job at launch, not here
+            names = ", ".join(r.name for r in t.managed_secret_refs)
+            raise LaunchError(f'secrets {names} have no value: give them "" in sky/*.yaml', EXIT_BAD_INPUT)
     name = tasks[0]["name"]
     try:
         job_ids, _ = sky.get(sky.jobs.launch(entry, name=name))

@@ -122,7 +122,7 @@ def forwarded(overrides: list[str]) -> list[str]:
 def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
     """The task: the template's glue with name, resources, nodes and envs from the config.
 
-    Secret values never enter it: `secrets:` keeps the template's null placeholders."""
+    Secret values never enter it: `secrets:` keeps the template's empty placeholders."""
     task = dict(template)
     experiment = re.sub(r"[^a-z0-9-]", "-", str(cfg.experiment).lower())
     task["name"] = cfg.run.name or f"spotrun-{cfg.run.job}-{experiment}"
@@ -135,7 +135,9 @@ def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
         "BUCKET": cfg.storage.root,
         "ARGS": " ".join(forwarded(overrides)),
     }
-    task["secrets"] = dict.fromkeys((template.get("secrets") or {}) or SECRETS)
+    # "" placeholders, never null: SkyPilot 0.14 reads a null secret as a managed-secret reference
+    # and fails the job at launch when no value or provider supplies it
+    task["secrets"] = dict.fromkeys((template.get("secrets") or {}) or SECRETS, "")
     return task
 
 
