@@ -68,21 +68,26 @@ def _stages(ev: list[dict]) -> list[bool]:
     return [e["spot"] for e in ev if e["kind"] == "launch"]
 
 
-def test_after_two_reclaims_the_run_moves_to_on_demand_and_finishes_bit_identical(storage, reference):
-    """cloud.fallback.after_reclaims=2 as SkyPilot's spot -> on-demand chain (chaos plays the
-    controller): two reclaimed spot attempts, the third hands over at its start, on-demand finishes."""
-    extra = ["debug.step_sleep_s=0.3", "cloud.fallback.after_reclaims=2"]
+def test_after_a_reclaim_the_run_moves_to_on_demand_and_finishes_bit_identical(storage, reference):
+    """cloud.fallback.after_reclaims=1 as SkyPilot's spot -> on-demand chain (chaos plays the
+    controller): the spot attempt is killed, its relaunch hands over before starting Ray (exit 0),
+    and the on-demand task resumes from the last commit and finishes."""
+    # commits every 4 steps (the cadence changes no weight), so the kill 7 s in comes after one
+    extra = ["debug.step_sleep_s=0.3", "checkpoint.every_steps=4", "cloud.fallback.after_reclaims=1"]
     r = chaos(
-        ["--schedule", "at:3,3", "--kinds", "sigterm,hard", "--max-reclaims", "2", "--no-verify"],
+        ["--schedule", "at:7", "--kinds", "hard", "--max-reclaims", "1", "--no-verify"],
         args_for(storage, "floor", extra),
         storage / "log.txt",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    assert "the spot stage handed over; starting the on-demand stage" in r.stdout
     ev = events(storage / "floor")
-    assert _stages(ev) == [True, True, False]  # two spot attempts, then on-demand
+    assert _stages(ev) == [True, False]  # the spot attempt, then on-demand (the hand-over starts no Ray)
     [fb] = [e for e in ev if e["kind"] == "fallback"]
-    assert fb["reason"] == "2 interrupted spot attempts >= cloud.fallback.after_reclaims=2"
-    assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == ["sigterm", "hard"]
+    assert fb["reason"] == "1 interrupted spot attempts >= cloud.fallback.after_reclaims=1"
+    kill = next(e["ts"] for e in ev if e["kind"] == "reclaim")
+    committed = max(e["step"] for e in ev if e["kind"] == "checkpoint" and e["ts"] < kill)
+    assert [e["step"] for e in ev if e["kind"] == "resume"] == [committed]
     assert any(e["kind"] == "finish" and e["step"] == 40 for e in ev)
     assert_identical(storage / "floor", reference)
     from spotrun import cost
