@@ -42,7 +42,7 @@ chaos: $(STAMP)  ## Local spot market: reclaim the fine-tune on purpose, relaunc
 report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
 	$(PY) -m spotrun.cli report $(RUN) $(ARGS)
 
-test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers, ~28 min on 2 cores)
+test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers, ~35-40 min on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(STAMP)  ## Run the tests that start no Ray cluster (seconds)
