@@ -102,10 +102,12 @@ def test_a_deadline_the_spot_run_would_miss_moves_it_to_on_demand_mid_run(storag
     the loop commits a checkpoint at once, the spot stage exits 0, on-demand resumes from it."""
     import datetime as dt
 
-    # at >= 0.5 s/step the 38 steps after step 2 take >= 19 s: past a deadline 20 s after launch
-    # however fast start-up is, yet the driver's start-up check (before Ray) comes well before it
-    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)).isoformat(timespec="seconds")
-    extra = ["debug.step_sleep_s=0.5", f"cloud.fallback.deadline={deadline}"]
+    # At >= 0.7 s/step the 38 steps after step 2 take >= 26.6 s: past a deadline 35 s from now once
+    # start-up takes 8 s or more (it takes 25-35 s here), while the driver's own check, before Ray
+    # starts (~10 s in, 20 s on a loaded machine), still finds the deadline ahead: the hand-over
+    # comes from the projection mid-run, never from the start-up path.
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=35)).isoformat(timespec="seconds")
+    extra = ["debug.step_sleep_s=0.7", f"cloud.fallback.deadline={deadline}"]
     r = chaos(
         ["--max-reclaims", "0", "--no-verify"], args_for(storage, "deadline", extra), storage / "log.txt"
     )
