@@ -17,6 +17,11 @@ def chaos(args: list[str], overrides: list[str], log, timeout: float = 1200) -> 
     return subprocess.run(cmd, cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def tails(r: subprocess.CompletedProcess, log) -> str:
+    """What a failed chaos run printed, and the end of its pipelines' log."""
+    return r.stdout[-2000:] + r.stderr[-2000:] + log.read_text()[-3000:]
+
+
 def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, reference):
     kinds = "sigterm,hard,ckpt,metadata"
     r = chaos(
@@ -36,7 +41,7 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
         args_for(storage, "chaos", ["debug.step_sleep_s=0.3"]),
         storage / "log.txt",
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    assert r.returncode == 0, tails(r, storage / "log.txt")
     ev = events(storage / "chaos")
     reclaims = [e["reclaim"] for e in ev if e["kind"] == "reclaim"]
     assert reclaims == kinds.split(","), reclaims
@@ -79,7 +84,7 @@ def test_after_a_reclaim_the_run_moves_to_on_demand_and_finishes_bit_identical(s
         args_for(storage, "floor", extra),
         storage / "log.txt",
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    assert r.returncode == 0, tails(r, storage / "log.txt")
     assert "the spot stage handed over; starting the on-demand stage" in r.stdout
     ev = events(storage / "floor")
     assert _stages(ev) == [True, False]  # the spot attempt, then on-demand (the hand-over starts no Ray)
@@ -111,7 +116,7 @@ def test_a_deadline_the_spot_run_would_miss_moves_it_to_on_demand_mid_run(storag
     r = chaos(
         ["--max-reclaims", "0", "--no-verify"], args_for(storage, "deadline", extra), storage / "log.txt"
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    assert r.returncode == 0, tails(r, storage / "log.txt")
     ev = events(storage / "deadline")
     assert _stages(ev) == [True, False]
     [fb] = [e for e in ev if e["kind"] == "fallback"]
@@ -134,7 +139,7 @@ def test_node_loss_shrinks_the_group_and_the_run_finishes(storage):
         args_for(storage, "node", extra),
         storage / "log.txt",
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (storage / "log.txt").read_text()[-3000:]
+    assert r.returncode == 0, tails(r, storage / "log.txt")
     ev = events(storage / "node")
     assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == ["node"]
     assert len({e["pid"] for e in ev if e["kind"] == "launch"}) == 1  # one driver: Ray Train recovered

@@ -8,7 +8,6 @@ prechecks. `--dryrun` prints the rendered task and stops. Exit codes: 0 submitte
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 import os
@@ -90,21 +89,16 @@ def submit(tasks: list[dict]) -> int:
 
     import sky
 
-    if len(tasks) == 1:
-        entry = sky.Task.from_yaml_config(copy.deepcopy(tasks[0]))  # it consumes the dict it is given
-        sky_tasks = [entry]
-    else:
-        entry = dag_utils.load_chain_dag_from_yaml_str(skytask.to_yaml(tasks))
-        sky_tasks = entry.tasks
+    dag = dag_utils.load_chain_dag_from_yaml_str(skytask.to_yaml(tasks))  # one task, or the chain
     values = {k: os.environ[k] for k in (tasks[0].get("secrets") or {}) if os.environ.get(k)}
-    for t in sky_tasks:
+    for t in dag.tasks:
         t.update_secrets(values)
         if t.managed_secret_refs:  # a null secret: SkyPilot would fail the job at launch, not here
             names = ", ".join(r.name for r in t.managed_secret_refs)
             raise LaunchError(f'secrets {names} have no value: give them "" in sky/*.yaml', EXIT_BAD_INPUT)
     name = tasks[0]["name"]
     try:
-        job_ids, _ = sky.get(sky.jobs.launch(entry, name=name))
+        job_ids, _ = sky.get(sky.jobs.launch(dag, name=name))
     except sky.exceptions.SkyPilotExcludeArgsBaseException as e:
         raise LaunchError(f"SkyPilot refused the job: {_first_line(e)}") from None
     except Exception as e:  # the SDK re-raises server-side errors of any type

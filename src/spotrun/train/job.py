@@ -85,7 +85,8 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts
     handover = fallback.reason_at_start(cfg, history, time.time())
     if handover:
         return _hand_over(events, run_name, handover)
-    events.emit("launch", started_ts=round(started_ts or time.time(), 3), **placement(cfg))
+    # this attempt counts too when a notice later asks whether it was the Nth reclaim
+    history.append(events.emit("launch", started_ts=round(started_ts or time.time(), 3), **placement(cfg)))
     job = job_spec(cfg, repo_root, run_name, model_path)
     init_ray()
     board = create_board(run_name)
@@ -120,9 +121,7 @@ def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts
         print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")
         return C.EXIT_OK
     if noticed.is_set():
-        handover = fallback.active(cfg) and fallback.reason_at_notice(
-            cfg, notice, read_events(storage, run_name)
-        )
+        handover = fallback.reason_at_notice(cfg, notice, history)  # no second read in the notice window
         if handover:
             return _hand_over(events, run_name, handover)
         print(
