@@ -9,7 +9,7 @@ DRYRUN ?=
 # CLOUD=local runs the pipeline here; any other cloud renders sky/<job>.yaml from the config and
 # submits it as a SkyPilot managed job (DRYRUN=1 prints the rendered task and stops).
 job = $(if $(filter local,$(CLOUD)),$(PY) -m pipelines.$(1) cloud=$(CLOUD) $(ARGS),\
-	$(PY) -m spotrun.cli launch $(1) $(if $(DRYRUN),--dryrun) cloud=$(CLOUD) $(ARGS))
+	$(PY) -m spotrun launch $(1) $(if $(DRYRUN),--dryrun) cloud=$(CLOUD) $(ARGS))
 
 .DEFAULT_GOAL := help
 .PHONY: help venv finetune sweep embed chaos report test test-fast lint bench clean
@@ -37,10 +37,10 @@ embed: $(STAMP)  ## Embedding batch job with Ray Data (CLOUD=..., ARGS=...)
 	$(call job,embed)
 
 chaos: $(STAMP)  ## Local spot market: reclaim the fine-tune on purpose, relaunch, report (ARGS=...)
-	$(PY) -m spotrun.cli chaos $(ARGS)
+	$(PY) -m spotrun chaos $(ARGS)
 
 report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
-	$(PY) -m spotrun.cli report $(RUN) $(ARGS)
+	$(PY) -m spotrun report $(RUN) $(ARGS)
 
 test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers, ~35-40 min on 2 cores)
 	$(PY) -m pytest $(ARGS)
@@ -48,9 +48,10 @@ test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata serve
 test-fast: $(STAMP)  ## Run the tests that start no Ray cluster (seconds)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-lint: $(STAMP)  ## ruff check + format check
+lint: $(STAMP)  ## ruff check + format check + the architecture contracts (import-linter)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~1 h on 2 cores)
 	$(PY) -m bench.checkpoint

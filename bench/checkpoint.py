@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore
-from spotrun.storage import open_storage
+from spotrun.core.storage import open_storage
+from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore
 
 RESULTS = Path(__file__).parent / "results"
 

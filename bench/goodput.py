@@ -24,7 +24,7 @@ def run_chaos(kind: str, steps: int, every_s: float, root: str) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "spotrun.cli",
+        "spotrun.ops.cli",
         "chaos",
         "--schedule",
         f"at:{','.join([str(every_s)] * 10)}",

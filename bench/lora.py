@@ -25,11 +25,11 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.common import busy_note, print_table, write_results
-from spotrun.checkpoint import AsyncCheckpointer, CheckpointStore
-from spotrun.storage import open_storage
-from spotrun.train import llm
-from spotrun.train import state as st
-from spotrun.train.models import resolve_model_path
+from spotrun.core.storage import open_storage
+from spotrun.jobs.finetune import llm
+from spotrun.jobs.finetune.models import resolve_model_path
+from spotrun.recovery import state as st
+from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore
 
 MODEL_CFG = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "model", "smollm2.yaml"))
 

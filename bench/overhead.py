@@ -64,8 +64,8 @@ def _plain_setup(rank: int, world: int, cfg):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from spotrun.train.data import load_pairs
-    from spotrun.train.models import load_encoder, resolve_model_path
+    from spotrun.jobs.finetune.data import load_pairs
+    from spotrun.jobs.finetune.models import load_encoder, resolve_model_path
 
     t = cfg.trainer
     torch.manual_seed(cfg.seed + rank)
@@ -83,8 +83,8 @@ def _plain_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) ->
     import torch.distributed as dist
     from omegaconf import OmegaConf
 
-    from spotrun.train.data import ExactSampler, Position
-    from spotrun.train.models import contrastive_loss, embed
+    from spotrun.jobs.finetune.data import ExactSampler, Position
+    from spotrun.jobs.finetune.models import contrastive_loss, embed
 
     cfg = OmegaConf.create(cfg_dict)
     t, L, pooling = cfg.trainer, cfg.data.max_length, cfg.model.pooling
@@ -120,7 +120,7 @@ def run_plain(args: argparse.Namespace, workdir: str) -> dict:
     import torch.multiprocessing as mp
     from omegaconf import OmegaConf
 
-    from spotrun.config import compose
+    from spotrun.core.config import compose
 
     cfg = compose("finetune", overrides(args), conf_dir=str(REPO / "conf"))
     with socket.socket() as s:

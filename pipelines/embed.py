@@ -8,26 +8,24 @@ Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (r
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose
-
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
+from spotrun.core.config import EXIT_BAD_INPUT, ConfigError, compose
+from spotrun.core.paths import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
     try:
-        from spotrun import embed_config
+        from spotrun.jobs.embed import config as embed_config
 
         embed_config.register()
         cfg = compose("embed", overrides, conf_dir=f"{REPO_ROOT}/conf")
         embed_config.validate(cfg)
-        from spotrun.corpus import load_corpus
-        from spotrun.ledger import ShardLedger, fingerprint
-        from spotrun.runtime import resolve_run_name
-        from spotrun.storage import storage_from_cfg
-        from spotrun.train.models import check_model
+        from spotrun.core.models import check_model
+        from spotrun.core.storage import storage_from_cfg
+        from spotrun.jobs.embed.corpus import load_corpus
+        from spotrun.jobs.embed.ledger import ShardLedger, fingerprint
+        from spotrun.recovery.runtime import resolve_run_name
 
         run_name = resolve_run_name(cfg)
         model_path = check_model(cfg.embed.model)
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"spotrun: config error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from spotrun.embed import run_embed
+    from spotrun.jobs.embed.driver import run_embed
 
     return run_embed(cfg, storage, run_name, model_path, corpus)
 

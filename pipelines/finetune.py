@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+from spotrun.core.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+from spotrun.core.paths import REPO_ROOT
 
 STARTED = time.time()  # the attempt's start (before Ray and torch load): the report counts start-up from here
-
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose("finetune", overrides, conf_dir=f"{REPO_ROOT}/conf")
         validate(cfg, REPO_ROOT)
-        from spotrun.runtime import preflight
+        from spotrun.jobs.finetune.preflight import preflight
 
         run_name, model_path = preflight(cfg, REPO_ROOT)
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from spotrun.train.job import run_finetune
+    from spotrun.jobs.finetune.driver import run_finetune
 
     return run_finetune(cfg, REPO_ROOT, run_name, model_path, started_ts=STARTED)
 

@@ -8,29 +8,27 @@ Exit codes: 0 finished, 1 a trial failed for good, 2 bad input (nothing started)
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from spotrun.config import EXIT_BAD_INPUT, ConfigError, compose, validate
-
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
+from spotrun.core.config import EXIT_BAD_INPUT, ConfigError, compose, validate
+from spotrun.core.paths import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
     try:
-        from spotrun.sweep_config import register, validate_sweep
+        from spotrun.jobs.sweep.config import register, validate_sweep
 
         register()
         cfg = compose("sweep", overrides, conf_dir=f"{REPO_ROOT}/conf")
         validate(cfg, REPO_ROOT)
         found = validate_sweep(cfg)
-        from spotrun.runtime import preflight
+        from spotrun.jobs.finetune.preflight import preflight
 
         run_name, model_path = preflight(cfg, REPO_ROOT)
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from spotrun.tune import run_sweep
+    from spotrun.jobs.sweep.driver import run_sweep
 
     return run_sweep(cfg, REPO_ROOT, run_name, model_path, found)
 

@@ -1,0 +1,74 @@
+"""The default task's model: a Hugging Face encoder trained as a bi-encoder with in-batch negatives.
+Which model loads is spotrun.core.models' choice; here it is checked for the fine-tune's tasks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spotrun.core.models import probe_model, resolve_model_path  # noqa: F401 - part of the API
+
+
+def check_model(model_cfg) -> str:
+    """Resolve and probe the model's config without loading weights; a one-line error if unusable."""
+    from spotrun.jobs.finetune.llm import check_lora_targets, gguf_kwargs
+
+    path, config = probe_model(model_cfg, **gguf_kwargs(resolve_model_path(model_cfg), model_cfg))
+    if model_cfg.get("kind") == "causal_lm":
+        check_lora_targets(config, model_cfg)
+    return path
+
+
+def load_encoder(path: str):
+    """(model, tokenizer). The pooler head is dropped: mean pooling never uses it, and DDP rejects
+    parameters that receive no gradient."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model, tokenizer
+
+
+def embed(model, batch: dict, pooling: str = "mean") -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    if pooling == "cls":
+        pooled = out[:, 0]
+    else:
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+        pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, dim=-1)
+
+
+def contrastive_loss(q: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Tensor:
+    """In-batch negatives (the MultipleNegativesRanking objective): query i must pick doc i."""
+    logits = scale * q @ d.T
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+@torch.no_grad()
+def recall_at_1(
+    model, tokenizer, queries, docs, max_length: int, batch_size: int, pooling: str, device
+) -> float:
+    """Fraction of held-out queries whose nearest doc (cosine) is their own."""
+    was_training = model.training
+    model.eval()
+
+    def encode(texts):
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            chunks.append(embed(model, {k: v.to(device) for k, v in batch.items()}, pooling))
+        return torch.cat(chunks)
+
+    q, d = encode(list(queries)), encode(list(docs))
+    hits = (q @ d.T).argmax(dim=1) == torch.arange(len(q), device=q.device)
+    model.train(was_training)
+    return float(hits.float().mean())

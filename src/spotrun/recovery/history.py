@@ -1,0 +1,183 @@
+"""A run's history, from its events.jsonl alone: attempts, restarts, lost work, goodput and cost.
+
+Attempts start at `launch` events (one per pipeline start). A restart is a `resume` event; the
+work it lost is the steps between the furthest step seen before it and the step it resumed from,
+plus the seconds from the reclaim (or the last sign of life) to the next first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from spotrun.core import cost
+
+PROGRESS = ("first_step", "heartbeat")  # steps reached, timed right at the step
+REACHED = (*PROGRESS, "checkpoint", "preempted", "finish")
+
+
+@dataclass
+class Restart:
+    at_ts: float  # the reclaim (or the last sign of life before it)
+    from_step: int  # the furthest step seen before the restart
+    resumed_step: int
+    restart_s: float = 0.0  # reclaim -> next first step
+    kind: str = "unknown"
+
+    @property
+    def lost_steps(self) -> int:
+        return max(0, self.from_step - self.resumed_step)
+
+
+@dataclass
+class RunSummary:
+    run: str
+    finished: bool
+    final_step: int
+    wall_s: float
+    billed_s: float
+    step_s: float
+    useful_s: float
+    goodput: float
+    reclaims: int
+    lost_s: float
+    lost_steps: int
+    checkpoint_blocked_s: float
+    checkpoints: int
+    resume_s: float
+    startup_s: float
+    fallback: str | None = None  # why the run moved to on-demand (spotrun.recovery.fallback), if it did
+    restarts: list[dict] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
+
+
+def _step_seconds(events: list[dict]) -> float:
+    """Mean seconds per step from consecutive progress marks with no restart in between."""
+    dt = dsteps = 0.0
+    prev = None
+    for e in events:
+        if e["kind"] in ("launch", "resume", "start"):
+            prev = None
+        elif e["kind"] in PROGRESS:
+            if prev and e["step"] > prev[1]:
+                dt, dsteps = dt + e["ts"] - prev[0], dsteps + e["step"] - prev[1]
+            prev = (e["ts"], e["step"])
+    if dsteps:
+        return dt / dsteps
+    done = [e for e in events if e["kind"] == "finish" and e.get("steps_run")]  # runs without heartbeats
+    return sum(e["loop_s"] for e in done) / sum(e["steps_run"] for e in done) if done else 0.0
+
+
+def _restarts(events: list[dict]) -> list[Restart]:
+    out: list[Restart] = []
+    furthest, last_ts, reclaim, pending = 0, None, None, None
+    for e in events:
+        k = e["kind"]
+        if k in ("reclaim", "preemption_notice") and reclaim is None:
+            reclaim = e
+        elif k == "resume" or (k == "start" and last_ts is not None and furthest > 0):
+            # a resume, or a start over after progress (lost before the first checkpoint committed)
+            e = {**e, "step": e.get("step", 0)}
+            at = reclaim["ts"] if reclaim else (last_ts or e["ts"])
+            kind = reclaim.get("reclaim", reclaim.get("source", "notice")) if reclaim else "unannounced"
+            pending = Restart(at, furthest, e["step"], kind=kind)
+            out.append(pending)
+            furthest, reclaim = e["step"], None
+        elif k == "first_step" and pending is not None:
+            pending.restart_s, pending = round(e["ts"] - pending.at_ts, 3), None
+        if k in REACHED:
+            furthest = max(furthest, e["step"])
+        if k != "reclaim":
+            last_ts = e["ts"]
+    return out
+
+
+def _billed_s(events: list[dict]) -> float:
+    """Sum of attempt durations: each launch until the last event before the next launch."""
+    return sum(_billed_split(events))
+
+
+def _billed_split(events: list[dict]) -> tuple[float, float]:
+    """(spot seconds, on-demand seconds): each attempt billed at the rate its `launch` names."""
+    total, start, last, spot = [0.0, 0.0], None, None, True
+    for e in events:
+        if e["kind"] == "launch":
+            if start is not None:
+                total[0 if spot else 1] += last - start
+            start, spot = e.get("started_ts", e["ts"]), e.get("spot", True)
+        last = e["ts"]
+    if start is not None:
+        total[0 if spot else 1] += last - start
+    return total[0], total[1]
+
+
+def observed_mtbr(events: list[dict]) -> float | None:
+    """Mean seconds between reclaims in this run's history (billed time / restarts), or None."""
+    events = sorted(events, key=lambda e: e["ts"])
+    n = len(_restarts(events))
+    return _billed_s(events) / n if n and any(e["kind"] == "launch" for e in events) else None
+
+
+def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSummary:
+    events = sorted(events, key=lambda e: e["ts"])
+    if not events:
+        raise ValueError(f"run {run!r} has no events")
+    launches = [e for e in events if e["kind"] == "launch"]
+    first = launches[0].get("started_ts", launches[0]["ts"]) if launches else events[0]["ts"]
+    final_step = max((e["step"] for e in events if e["kind"] in REACHED), default=0)
+    step_s, restarts = _step_seconds(events), _restarts(events)
+    first_step = next((e["ts"] for e in events if e["kind"] == "first_step"), first)
+    useful = final_step * step_s
+    wall = events[-1]["ts"] - first
+    lost = sum(r.lost_steps * step_s + r.restart_s for r in restarts)
+    ckpts = [e for e in events if e["kind"] == "checkpoint"]
+    s = RunSummary(
+        run=run,
+        finished=any(e["kind"] == "finish" for e in events),
+        final_step=final_step,
+        wall_s=round(wall, 3),
+        billed_s=round(_billed_s(events) if launches else wall, 3),
+        step_s=round(step_s, 4),
+        useful_s=round(useful, 3),
+        goodput=round(useful / wall, 4) if wall > 0 else 0.0,
+        reclaims=len(restarts),
+        lost_s=round(lost, 3),
+        lost_steps=sum(r.lost_steps for r in restarts),
+        checkpoint_blocked_s=round(sum(e.get("blocked_s", 0.0) for e in ckpts), 4),
+        checkpoints=len(ckpts),
+        resume_s=round(sum(r.restart_s for r in restarts), 3),
+        startup_s=round(first_step - first, 3),
+        fallback=next((e.get("reason") for e in events if e["kind"] == "fallback"), None),
+        restarts=[asdict(r) | {"lost_steps": r.lost_steps} for r in restarts],
+    )
+    if prices is not None and launches:
+        s.cost = _cost(s, launches[-1], _billed_split(events), prices)
+    return s
+
+
+def _cost(s: RunSummary, launch: dict, billed: tuple[float, float], prices: dict) -> dict:
+    """Money: spot attempts at the spot rate, attempts after a fallback at the on-demand rate."""
+    cloud, acc, units = launch.get("cloud", "local"), launch.get("accelerator", "cpu"), launch.get("units", 1)
+    try:
+        p = cost.price_for(prices, cloud, acc)
+    except KeyError as e:
+        return {"error": str(e).strip("'\"")}
+    spot_h, on_demand_h = (x / 3600 * units for x in billed)
+    uninterrupted_h = (s.useful_s + s.startup_s) / 3600 * units
+    return {
+        "cloud": cloud,
+        "accelerator": acc,
+        "units": units,
+        "accelerator_hours": round(spot_h + on_demand_h, 5),
+        "on_demand_fallback_hours": round(on_demand_h, 5),
+        "spot_usd_per_h": p.spot,
+        "on_demand_usd_per_h": p.on_demand,
+        "spot_cost_usd": round(spot_h * p.spot, 5),
+        "on_demand_fallback_usd": round(on_demand_h * p.on_demand, 5),
+        "cost_usd": round(spot_h * p.spot + on_demand_h * p.on_demand, 5),
+        "on_demand_uninterrupted_usd": round(uninterrupted_h * p.on_demand, 5),
+        "discount": round(p.discount, 4),
+        "effective_saving": round(cost.effective_saving(p, spot_h, uninterrupted_h, on_demand_h), 4)
+        if uninterrupted_h > 0
+        else None,
+        "price_table_date": prices.get("date"),
+    }

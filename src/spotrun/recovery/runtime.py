@@ -1,0 +1,81 @@
+"""The one module that reads the runtime environment (SkyPilot variables) and starts Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+
+import ray
+
+from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
+
+
+def resolve_run_name(cfg) -> str:
+    """run.name, else SkyPilot's task id (stable across recoveries), else "<job>-<experiment>"."""
+    if cfg.run.name:
+        return cfg.run.name
+    # a chain (spot, then on-demand: src/spotrun/recovery/fallback.py) shares its first task's id
+    task_id = (os.environ.get("SKYPILOT_TASK_IDS") or "").split("\n")[0] or os.environ.get("SKYPILOT_TASK_ID")
+    if task_id:
+        return re.sub(r"[^A-Za-z0-9._-]", "-", task_id).strip("-.")[:128]
+    name = f"{cfg.run.job}-{cfg.experiment}"
+    if not RUN_NAME_RE.match(name):
+        raise ConfigError(f"experiment={cfg.experiment!r}: expected a name usable as a run name")
+    return name
+
+
+def init_ray() -> None:
+    """A private local Ray cluster, or the cluster in $RAY_ADDRESS (multi-node on SkyPilot)."""
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(
+        address=address,
+        include_dashboard=False,  # saves start-up time and memory; nothing here needs it
+        logging_level=logging.WARNING,
+        configure_logging=True,
+        runtime_env={
+            "env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"},
+            "worker_process_setup_hook": "spotrun.recovery.runtime.quiet_worker_logs",
+        },
+    )
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process: silence messages that are noise in a local cluster.
+
+    Ray Train's placement-group cleaner polls the state API, which needs the dashboard we skip, and
+    warns every second; Ray Train logs each report at INFO; transformers prints load reports."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def placement(cfg) -> dict:
+    """Where this attempt runs, for the `launch` event and the cost report: cloud, region,
+    accelerator and how many of them are billed (GPUs, or one VM on CPU)."""
+    import json
+
+    info = {}
+    with contextlib.suppress(ValueError):
+        info = json.loads(os.environ.get("SKYPILOT_CLUSTER_INFO") or "{}")
+    lo, hi = worker_range(cfg.trainer.num_workers)
+    gpus = int(os.environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0) * int(
+        os.environ.get("SKYPILOT_NUM_NODES") or 1
+    )
+    accelerators = list(cfg.cloud.get("accelerators") or [])
+    use_gpu = bool(cfg.trainer.use_gpu)
+    return {
+        "cloud": str(info.get("cloud", cfg.cloud.name)).lower(),
+        "region": info.get("region"),
+        "accelerator": (str(accelerators[0]).split(":")[0] if accelerators else "cpu") if use_gpu else "cpu",
+        "units": (gpus or hi) if use_gpu else int(os.environ.get("SKYPILOT_NUM_NODES") or 1),
+        "workers": [lo, hi],
+        "task_id": os.environ.get("SKYPILOT_TASK_ID"),
+        "spot": bool(cfg.cloud.use_spot),  # the report prices each attempt at its own rate
+    }

@@ -1,0 +1,78 @@
+"""Goodput, lost work and cost arithmetic; the Young/Daly interval."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from spotrun.core import cost
+from spotrun.ops.report import markdown
+from spotrun.recovery.history import observed_mtbr, summarize
+
+
+def test_worked_example_70_percent_discount_10_percent_lost_saves_about_67_percent():
+    p = cost.Price(spot=0.30, on_demand=1.00)
+    assert p.discount == pytest.approx(0.70)
+    assert cost.effective_saving(p, billed_h=1.0 / 0.9, uninterrupted_h=1.0) == pytest.approx(
+        0.667, abs=0.001
+    )
+
+
+def test_every_price_in_the_table_is_a_discount():
+    table = cost.load_prices()
+    for cloud, row in table["clouds"].items():
+        assert row["mtbr_s"] > 0
+        for acc in row["prices"]:
+            p = cost.price_for(table, cloud, acc)
+            assert 0 < p.spot < p.on_demand, (cloud, acc)
+    with pytest.raises(KeyError, match="the table has"):
+        cost.price_for(table, "gcp", "TPU-v9")
+
+
+def test_young_daly_interval_and_its_bounds():
+    assert cost.young_daly(0.5, 3600, 1, 10_000) == pytest.approx(math.sqrt(3600))
+    assert cost.young_daly(0.001, 3600, 10, 1800) == 10  # too cheap to matter: the floor
+    assert cost.young_daly(100, 36000, 10, 1800) == 1800
+    iv = cost.CheckpointInterval("auto", 10, 1800, 7200)
+    assert iv.seconds == 10  # before any measurement: checkpoint often
+    assert iv.observe(2.0) and iv.seconds == pytest.approx(math.sqrt(2 * 2.0 * 7200))
+    assert not iv.observe(2.05)  # moved by less than 10 %: no event
+    fixed = cost.CheckpointInterval(600.0, 10, 1800, 7200)
+    assert not fixed.observe(5.0) and fixed.seconds == 600
+
+
+def _run_with_one_hard_kill() -> list[dict]:
+    """Steps take 1 s; killed at t=30 (step 20 reached, step 16 committed); resumed 10 s later."""
+    ev = [{"ts": 0.0, "kind": "launch", "started_ts": 0.0, "cloud": "aws", "accelerator": "A100", "units": 1}]
+    ev += [{"ts": 10.0 + s, "kind": "first_step" if s == 1 else "heartbeat", "step": s} for s in range(1, 21)]
+    ev += [{"ts": 27.0, "kind": "checkpoint", "step": 16, "blocked_s": 0.1}]
+    ev += [{"ts": 30.0, "kind": "reclaim", "reclaim": "hard"}]
+    ev += [
+        {"ts": 31.0, "kind": "launch", "started_ts": 31.0, "cloud": "aws", "accelerator": "A100", "units": 1}
+    ]
+    ev += [{"ts": 38.0, "kind": "resume", "step": 16}]
+    ev += [
+        {"ts": 40.0 + s - 16, "kind": "first_step" if s == 17 else "heartbeat", "step": s}
+        for s in range(17, 41)
+    ]
+    ev += [{"ts": 65.0, "kind": "finish", "step": 40, "steps_run": 24, "loop_s": 24.0}]
+    return ev
+
+
+def test_summary_of_a_run_with_one_hard_kill():
+    s = summarize("r", _run_with_one_hard_kill(), cost.load_prices())
+    assert s.finished and s.final_step == 40 and s.reclaims == 1
+    assert s.step_s == pytest.approx(1.0)
+    (r,) = s.restarts
+    assert (r["from_step"], r["resumed_step"], r["lost_steps"], r["kind"]) == (20, 16, 4, "hard")
+    assert r["restart_s"] == pytest.approx(11.0)  # reclaim at 30 -> first step after resume at 41
+    assert s.lost_s == pytest.approx(15.0)
+    assert s.goodput == pytest.approx(40 / 65, abs=1e-4)
+    assert s.checkpoint_blocked_s == pytest.approx(0.1)
+    assert s.billed_s == pytest.approx(30 + 34)
+    c = s.cost
+    assert c["accelerator"] == "A100" and c["spot_cost_usd"] == pytest.approx(64 / 3600 * 1.5, rel=1e-3)
+    assert 0 < c["effective_saving"] < c["discount"]
+    assert observed_mtbr(_run_with_one_hard_kill()) == pytest.approx(64.0)
+    assert "| 1 | hard | 20 | 16 | 4 |" in markdown(s)
