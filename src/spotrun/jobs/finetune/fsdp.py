@@ -93,32 +93,37 @@ class ShardedCheckpoint:
 
 
 # DCP writes its `.metadata` with pickle and reads it back with a bare `pickle.load`: a checkpoint
-# folder in a (mounted) bucket could then run code. Read it with an unpickler that only builds DCP's
-# own metadata classes and plain values; shard files are already read with `weights_only=True`.
-_SAFE_GLOBALS = {
-    "builtins": {
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "frozenset",
-        "int",
-        "float",
-        "str",
-        "bytes",
-        "bool",
-        "slice",
-    },
-    "collections": {"OrderedDict", "defaultdict"},
-    "torch": {"Size", "strided", "contiguous_format", "preserve_format", "channels_last"},
-    "torch.serialization": {"_get_layout"},  # looks a layout up by name in a fixed table
-    "pathlib": {"PosixPath", "PurePosixPath"},  # the checkpoint id DCP records
-}
-_SAFE_MODULES = (
-    "torch.distributed.checkpoint.metadata",
-    "torch.distributed.checkpoint.filesystem",
-    "torch.distributed.checkpoint.planner",
+# folder in a (mounted) bucket could then run code. Read it with an unpickler that builds only the
+# (module, name) pairs below, DCP's own metadata classes and plain values, found by exact name: pickle
+# protocol 4 resolves dotted names, so `torch.distributed.checkpoint.filesystem` + `os.system` would be
+# os.system. Shard files are already read with `weights_only=True`.
+_META = "torch.distributed.checkpoint.metadata"
+_SAFE_GLOBALS = frozenset(
+    [("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str")]
+    + [("builtins", n) for n in ("bytes", "bool", "slice")]
+    + [("collections", "OrderedDict"), ("collections", "defaultdict"), ("torch", "Size")]
+    + [("torch.serialization", "_get_layout")]  # looks a layout up by name in a fixed table
+    + [("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")]  # the checkpoint id DCP records
+    + [("torch.distributed.checkpoint.filesystem", "_StorageInfo")]
+    + [(_META, n) for n in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties")]
+    + [(_META, n) for n in ("TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata")]
+    + [(_META, "_MEM_FORMAT_ENCODING")]
 )
+_TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)  # torch.float32, torch.strided...
+
+
+def _safe_global(module: str, name: str):
+    """The allowed object `module`.`name`, looked up in that module's own namespace (no dotted
+    traversal), and only if it is what it claims: defined there under that name. Else None."""
+    import importlib
+
+    if "." in name or not ((module, name) in _SAFE_GLOBALS or module == "torch"):
+        return None
+    obj = vars(importlib.import_module(module)).get(name)
+    if module == "torch" and (module, name) not in _SAFE_GLOBALS:
+        return obj if isinstance(obj, _TORCH_VALUES) else None  # dtypes etc. are values, not classes
+    own = getattr(obj, "__module__", None) == module and getattr(obj, "__qualname__", None) == name
+    return obj if own else None
 
 
 def _restricted_load(stream):
@@ -126,12 +131,12 @@ def _restricted_load(stream):
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
-            dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-            if module in _SAFE_MODULES or name in _SAFE_GLOBALS.get(module, ()) or dtype:
-                return super().find_class(module, name)
-            raise pickle.UnpicklingError(
-                f"DCP metadata refers to {module}.{name}: refused (not DCP metadata)"
-            )
+            obj = _safe_global(module, name)
+            if obj is None:
+                raise pickle.UnpicklingError(
+                    f"DCP metadata refers to {module}.{name}: refused (not DCP metadata)"
+                )
+            return obj
 
     return Unpickler(stream).load()
 
