@@ -67,10 +67,15 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 
 def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every event of a run folder, merged like spotrun.core.events.read_events: events.jsonl plus
+    one events/*.jsonl per writer (bucket runs copied out), sorted by ts; a half-written line is skipped."""
+    paths = [run_dir / "events.jsonl", *sorted((run_dir / "events").glob("*.jsonl"))]
+    found = []
+    for path in (p for p in paths if p.exists()):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+    return sorted(found, key=lambda e: e["ts"])
 
 
 def wait_for(

@@ -12,15 +12,19 @@ that errors or disappears for a minute costs time in the background writer, neve
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_delay, wait_exponential
+
+from spotrun.core import conditional
 
 log = logging.getLogger(__name__)
 RETRY_S = 120.0  # longer than the 60 s outage a checkpoint must ride out
@@ -42,13 +46,35 @@ _retry = retry(
 )
 
 
+class Fence(Protocol):
+    """The writer's right to write a run (spotrun.recovery.lease.Lease): calling it raises once a
+    newer attempt holds the run; `fresh=True` asks the store instead of a recent answer."""
+
+    epoch: int
+
+    def __call__(self, fresh: bool = False) -> None: ...
+
+
 @dataclass(frozen=True)
 class Storage:
-    """A filesystem plus the base path that a storage root URI names."""
+    """A filesystem plus the base path that a storage root URI names.
+
+    `fence`, when set, is checked by the run's writers (checkpoint commits and prunes, events,
+    final/) before they write; the plain methods below never check it."""
 
     fs: pafs.FileSystem
     base: str
     uri: str
+    endpoint: str | None = None  # storage.endpoint as configured (the env is read when used)
+    region: str | None = None
+    fence: Fence | None = None
+
+    def fenced(self, fence: Fence | None) -> Storage:
+        return dataclasses.replace(self, fence=fence)
+
+    def check_fence(self, fresh: bool = False) -> None:
+        if self.fence is not None:
+            self.fence(fresh)
 
     @property
     def is_local(self) -> bool:
@@ -106,6 +132,24 @@ class Storage:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    @_retry
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create `path` holding `data` only if nothing exists there: True when this call made it.
+
+        Atomic against every other writer: a hard link on local disk (O_EXCL semantics, and the
+        file appears whole), S3 `If-None-Match: *`, GCS `ifGenerationMatch=0`. pyarrow.fs has no
+        conditional write, so buckets go through their own APIs. A retried call whose first try
+        did land finds its own bytes there and still returns True (so `data` must be unique)."""
+        if self.is_local:
+            return conditional.create_local(path, data)
+        if scheme_of(self.uri) == "s3":
+            region = self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            made = conditional.create_s3(path, data, self.endpoint, region)
+        else:
+            ep = _endpoint(self.endpoint, "STORAGE_EMULATOR_HOST")
+            made = conditional.create_gcs(path, data, f"{ep[1]}://{ep[0]}" if ep else None)
+        return made or self.read_bytes(path) == data
 
     @_retry
     def upload_file(self, local_path: str, path: str) -> None:
@@ -245,7 +289,7 @@ def open_storage(
     if not base:
         raise ValueError(f"storage.root={uri!r}: expected {scheme}://bucket[/prefix]")
     fs = _s3(endpoint, region) if scheme == "s3" else _gcs(endpoint)
-    return Storage(fs, base, f"{scheme}://{base}")
+    return Storage(fs, base, f"{scheme}://{base}", endpoint, region)
 
 
 def storage_from_cfg(cfg, repo_root: str | None = None) -> Storage:

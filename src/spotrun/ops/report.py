@@ -34,6 +34,11 @@ def markdown(s: RunSummary) -> str:
         ("resume overhead", f"{s.resume_s:.1f} s"),
         ("first start-up", f"{s.startup_s:.1f} s"),
         *([("moved to on-demand", s.fallback)] if s.fallback else []),
+        *(
+            [("stale attempts stopped (lease)", ", ".join(_stale(x) for x in s.superseded))]
+            if s.superseded
+            else []
+        ),
     ]
     c = s.cost
     if c and "error" not in c:
@@ -65,6 +70,11 @@ def markdown(s: RunSummary) -> str:
                 f"| {i} | {r['kind']} | {r['from_step']} | {r['resumed_step']} | {r['lost_steps']} | {r['restart_s']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _stale(x: dict) -> str:
+    step = f" at step {x['step']}" if x.get("step") is not None else ""
+    return f"attempt {x['epoch']} superseded by attempt {x['by']}{step}"
 
 
 def plot_timeline(events: list[dict], path: str) -> None:

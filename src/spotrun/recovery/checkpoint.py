@@ -61,7 +61,10 @@ class CheckpointStore:
         return sorted(s for s, committed in self._scan().items() if committed)
 
     def write(self, step: int, files: dict[str, bytes]) -> int:
-        """Write data files, then the manifest. Returns the bytes written."""
+        """Write data files, then the manifest. Returns the bytes written.
+        A fenced storage is asked afresh before the first file (a stale attempt writes nothing)
+        and again right before the manifest (a lease taken mid-upload still stops the commit)."""
+        self.storage.check_fence(fresh=True)
         folder = self.dir_for(step)
         manifest = {"step": step, "created": time.time(), "files": {}}
         staged = None
@@ -76,6 +79,7 @@ class CheckpointStore:
                 self.storage.upload_file(os.path.join(staged, name), f"{folder}/{name}")
             else:
                 self.storage.write_bytes(f"{folder}/{name}", data)
+        self.storage.check_fence(fresh=True)
         self.storage.write_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
         if staged:
             shutil.rmtree(staged, ignore_errors=True)
@@ -114,6 +118,7 @@ class CheckpointStore:
             return []
         oldest_kept = committed[-keep]
         doomed = sorted(s for s in scan if s < oldest_kept)
+        self.storage.check_fence()  # never delete what the attempt holding the run resumes from
         for step in doomed:
             try:
                 self.storage.delete_dir(self.dir_for(step))

@@ -46,6 +46,7 @@ class RunSummary:
     resume_s: float
     startup_s: float
     fallback: str | None = None  # why the run moved to on-demand (spotrun.recovery.fallback), if it did
+    superseded: list[dict] = field(default_factory=list)  # stale attempts fenced off (recovery.lease)
     restarts: list[dict] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
 
@@ -110,6 +111,26 @@ def _billed_split(events: list[dict]) -> tuple[float, float]:
     return total[0], total[1]
 
 
+def _superseded(events: list[dict]) -> list[dict]:
+    """Attempts (lease epochs) that a newer one fenced off: from the `superseded` event the stale
+    driver leaves, or else from its events going on after a newer epoch's launch (two alive)."""
+    out = {
+        e["epoch"]: {"epoch": e["epoch"], "by": e.get("newer"), "step": e.get("step"), "at_ts": e["ts"]}
+        for e in events
+        if e["kind"] == "superseded" and "epoch" in e
+    }
+    launched = {e["epoch"]: e["ts"] for e in events if e["kind"] == "launch" and "epoch" in e}
+    last: dict[int, dict] = {}
+    for e in events:
+        if "epoch" in e:
+            last[e["epoch"]] = e
+    for epoch, e in last.items():
+        newer = [n for n, ts in launched.items() if n > epoch and ts < e["ts"]]
+        if newer and epoch not in out:
+            out[epoch] = {"epoch": epoch, "by": min(newer), "step": e.get("step"), "at_ts": e["ts"]}
+    return [out[k] for k in sorted(out)]
+
+
 def observed_mtbr(events: list[dict]) -> float | None:
     """Mean seconds between reclaims in this run's history (billed time / restarts), or None."""
     events = sorted(events, key=lambda e: e["ts"])
@@ -147,6 +168,7 @@ def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSu
         resume_s=round(sum(r.restart_s for r in restarts), 3),
         startup_s=round(first_step - first, 3),
         fallback=next((e.get("reason") for e in events if e["kind"] == "fallback"), None),
+        superseded=_superseded(events),
         restarts=[asdict(r) | {"lost_steps": r.lost_steps} for r in restarts],
     )
     if prices is not None and launches:

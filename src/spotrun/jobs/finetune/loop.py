@@ -28,6 +28,7 @@ from spotrun.jobs.finetune.tasks import build_task
 from spotrun.recovery import pacing
 from spotrun.recovery import state as st
 from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tensors
+from spotrun.recovery.lease import worker_storage
 from spotrun.recovery.notices import BoardPoller
 
 
@@ -41,7 +42,8 @@ class Worker:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(cfg.trainer.threads_per_worker)
         self.device = ray.train.torch.get_device()
-        self.storage = storage_from_cfg(cfg, self.repo)
+        # fenced by the attempt's lease: a superseded attempt's commits and events raise Superseded
+        self.storage = worker_storage(storage_from_cfg(cfg, self.repo), self.run_name, job)
         self.store = CheckpointStore(self.storage, self.run_name, os.path.join(job["local_dir"], "staging"))
         self.events = EventLog(self.storage, self.run_name, source=f"rank{self.rank}")
         self.task = build_task(cfg, job["model_path"], self.repo, self.device)  # model.kind picks it

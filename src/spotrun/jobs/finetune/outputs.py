@@ -1,6 +1,8 @@
 """The run's `final/` folder: a model loadable with `AutoModel.from_pretrained`, then metrics.json.
 
 metrics.json is written last: its presence means the run finished, and a relaunch exits at once.
+On a fenced storage (spotrun.recovery.lease) a superseded attempt raises before its first upload
+and, at the latest, right before metrics.json: it never marks the run finished.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def write_final_with(storage: Storage, run_name: str, save, metrics: dict, local
     then metrics.json."""
     os.makedirs(local_dir, exist_ok=True)
     dest = final_dir(storage, run_name)
+    storage.check_fence()
     with tempfile.TemporaryDirectory(dir=local_dir) as tmp:
         save(tmp)
         for folder, _, names in sorted(os.walk(tmp)):
@@ -44,4 +47,5 @@ def write_final_with(storage: Storage, run_name: str, save, metrics: dict, local
             for name in sorted(names):
                 target = f"{dest}/{name}" if rel == "." else f"{dest}/{rel}/{name}"
                 storage.upload_file(os.path.join(folder, name), target)
+    storage.check_fence(fresh=True)
     storage.write_bytes(f"{dest}/metrics.json", json.dumps(metrics, indent=1, sort_keys=True).encode())
