@@ -8,6 +8,7 @@ ends bit-identical. No secret reaches anything spotrun writes.
 
 from __future__ import annotations
 
+import json
 import pickle
 import signal
 import time
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow
 def download_run(server, name: str, dest: Path) -> Path:
     """Copy a run folder out of the bucket (events, final/) so local helpers can read it."""
     storage = open_storage(server.root)
-    for rel in ("events.jsonl", "final/model.safetensors", "final/metrics.json"):
+    per_writer = [f"events/{rel}" for rel in storage.list_files(storage.path(name, "events"))]
+    for rel in ("events.jsonl", *per_writer, "final/model.safetensors", "final/metrics.json"):
         if storage.exists(storage.path(name, rel)):
             (dest / name / rel).parent.mkdir(parents=True, exist_ok=True)
             (dest / name / rel).write_bytes(storage.read_bytes(storage.path(name, rel)))
@@ -76,7 +78,7 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     assert_identical(reference, download_run(s3_server, name, tmp_path))
     # The secret key was in the environment of every process; it is in nothing spotrun wrote.
     storage = open_storage(s3_server.root)
-    written = [storage.read_bytes(storage.path(name, "events.jsonl")), log.read_bytes()]
+    written = [json.dumps(bucket_events(s3_server, name)).encode(), log.read_bytes()]
     for step in store.committed_steps():
         written.append(storage.read_bytes(f"{store.dir_for(step)}/state.json"))
     written += [p.read_bytes() for p in (REPO / ".spotrun" / name).rglob("*") if p.is_file()]

@@ -121,3 +121,17 @@ def worker_storage(storage: Storage, run_name: str, job: dict) -> Storage:
     unfenced when the driver took no lease."""
     epoch = job.get(JOB_KEY)
     return storage if epoch is None else storage.fenced(Lease.attach(storage, run_name, epoch))
+
+
+def stand_down(lease: Lease, events, step: int | None = None) -> int:
+    """The superseded attempt's end (driver side): its one last event, to its own events object
+    (EventLog.last_word), a line on stderr, and the exit code 76."""
+    import sys
+
+    events.last_word("superseded", newer=lease.newer, step=step)
+    print(
+        f"spotrun: run {lease.run_name!r}: attempt {lease.epoch} superseded by attempt "
+        f"{lease.newer}; it writes nothing more, exit {EXIT_SUPERSEDED}",
+        file=sys.stderr,
+    )
+    return EXIT_SUPERSEDED
