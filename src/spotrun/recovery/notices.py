@@ -60,6 +60,12 @@ class BoardPoller:
         self._interval_s, self._next = interval_s, 0.0
         self.notice: dict | None = None
 
+    def check_now(self) -> dict | None:
+        """One blocking look at the board (at start-up, before the first step)."""
+        if self.notice is None:
+            self.notice = ray.get(self._board.get.remote(), timeout=10)
+        return self.notice
+
     def poll(self) -> dict | None:
         now = time.monotonic()
         if self.notice is None and now >= self._next:

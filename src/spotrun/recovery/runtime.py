@@ -1,4 +1,4 @@
-"""The one module that reads the runtime environment (SkyPilot variables) and starts Ray."""
+"""The runtime: the run's identity (SkyPilot's task id), where an attempt runs, and Ray's start and stop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import ray
 
 from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
+from spotrun.recovery import shield
 
 
 def resolve_run_name(cfg) -> str:
@@ -27,8 +28,17 @@ def resolve_run_name(cfg) -> str:
 
 
 def init_ray() -> None:
-    """A private local Ray cluster, or the cluster in $RAY_ADDRESS (multi-node on SkyPilot)."""
+    """A private local Ray cluster, or the cluster in $RAY_ADDRESS (multi-node on SkyPilot).
+
+    Ray's processes start shielded from SIGTERM (spotrun.recovery.shield): a VM shutdown signals them
+    all, and they must outlive the notice's checkpoint."""
     address = os.environ.get("RAY_ADDRESS") or "local"
+    with shield.blocked():  # a SIGTERM meanwhile waits for the handler that rearm() restores
+        _init(address)
+        shield.rearm()
+
+
+def _init(address: str) -> None:
     ray.init(
         address=address,
         include_dashboard=False,  # saves start-up time and memory; nothing here needs it
@@ -39,6 +49,17 @@ def init_ray() -> None:
             "worker_process_setup_hook": "spotrun.recovery.runtime.quiet_worker_logs",
         },
     )
+
+
+def shutdown_ray() -> None:
+    """Disconnect, and stop the local cluster's processes at once. Shielded daemons ignore the polite
+    SIGTERM Ray sends first, and it would wait a second for each of them: nothing of a run lives in
+    them, so they get SIGKILL straight away (the raylet's workers exit when it does)."""
+    node = ray._private.worker._global_node  # pinned ray==2.60.0
+    if node is not None:
+        kill = node.kill_all_processes
+        node.kill_all_processes = lambda **kw: kill(**{**kw, "allow_graceful": False})
+    ray.shutdown()
 
 
 def quiet_worker_logs() -> None:

@@ -1,29 +1,24 @@
-"""The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop`, the SIGTERM
-notice, and the exit code (0 finished, 75 preempted -- relaunch me, 1 failed)."""
+"""The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop`, run under the spot
+contract (spotrun.recovery.contract: the notice, the commit, the exit code)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import threading
-import time
 
-import ray
 from omegaconf import OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from spotrun.core import config as C
-from spotrun.core.events import EventLog, read_events
+from spotrun.core.config import validate
+from spotrun.core.paths import REPO_ROOT
 from spotrun.core.storage import storage_from_cfg
 from spotrun.jobs.finetune.loop import train_loop
-from spotrun.jobs.finetune.outputs import is_finished, read_final_metrics
+from spotrun.jobs.finetune.outputs import final_dir, is_finished, read_final_metrics
 from spotrun.recovery import fallback
-from spotrun.recovery.notices import create_board, install_sigterm
-from spotrun.recovery.runtime import init_ray, placement
+from spotrun.recovery.checkpoint import CheckpointStore
+from spotrun.recovery.contract import JobKind, Outcome, register
 
-NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 
@@ -74,65 +69,49 @@ def summary(metrics: dict) -> str:
     return f"{label} before {fmt(before)} -> after {fmt(after)} (step {metrics.get('step')})"
 
 
-def run_finetune(cfg, repo_root: str, run_name: str, model_path: str, started_ts: float | None = None) -> int:
-    storage = storage_from_cfg(cfg, repo_root)
-    if is_finished(storage, run_name):
-        print(f"spotrun: run {run_name!r} already finished: {summary(read_final_metrics(storage, run_name))}")
-        print(f"spotrun: outputs in {storage.path(run_name, 'final')}; pick a new run.name to train again")
-        return C.EXIT_OK
-    events = EventLog(storage, run_name, source="driver")
-    history = read_events(storage, run_name) if fallback.active(cfg) else []
-    handover = fallback.reason_at_start(cfg, history, time.time())
-    if handover:
-        return _hand_over(events, run_name, handover)
-    # this attempt counts too when a notice later asks whether it was the Nth reclaim
-    history.append(events.emit("launch", started_ts=round(started_ts or time.time(), 3), **placement(cfg)))
-    job = job_spec(cfg, repo_root, run_name, model_path)
-    init_ray()
-    board = create_board(run_name)
-    noticed = threading.Event()
+class FinetuneJob:
+    """The fine-tune's work under the spot contract (spotrun.recovery.contract)."""
 
-    def on_notice():  # rank 0 records the notice in events.jsonl when its loop sees it
-        noticed.set()
-        sys.stderr.write("spotrun: SIGTERM: checkpointing at the end of the current step, then exiting\n")
+    def __init__(self, cfg, run_name: str, model_path: str, repo_root: str = REPO_ROOT):
+        self.cfg, self.run_name, self.model_path, self.repo_root = cfg, run_name, model_path, repo_root
+        self.storage = storage_from_cfg(cfg, repo_root)
 
-    def on_deadline():
-        events.emit("preempted_timeout", waited_s=cfg.cloud.notice_s - NOTICE_MARGIN_S)
-        sys.stderr.write("spotrun: notice deadline reached; exiting without a final checkpoint\n")
-        os._exit(C.EXIT_PREEMPTED)
+    def finished(self) -> str | None:
+        if not is_finished(self.storage, self.run_name):
+            return None
+        outputs = final_dir(self.storage, self.run_name)
+        return f"{summary(read_final_metrics(self.storage, self.run_name))}; outputs in {outputs}"
 
-    install_sigterm(board, cfg.cloud.notice_s - NOTICE_MARGIN_S, on_notice, on_deadline)
-    print(f"spotrun: run {run_name!r} in {storage.path(run_name)}")
-    try:
-        build_trainer(cfg, run_name, storage, job).fit()
-    except Exception as e:  # noqa: BLE001 - any training failure ends in the same exit path
-        if not noticed.is_set():
-            events.emit("failed", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
-            print(f"spotrun: run {run_name!r} failed: {e}", file=sys.stderr)
-            return C.EXIT_FAILED
-    finally:
-        notice = None
-        with contextlib.suppress(ray.exceptions.RayError):  # never let this check skip the shutdown
-            notice = ray.get(board.get.remote(), timeout=10)
-        if notice is not None:
-            noticed.set()  # a cloud metadata notice or the deadline, seen by a worker
-        ray.shutdown()
-    if is_finished(storage, run_name):
-        print(f"spotrun: run {run_name!r} finished: {summary(read_final_metrics(storage, run_name))}")
-        return C.EXIT_OK
-    if noticed.is_set():
-        handover = fallback.reason_at_notice(cfg, notice, history)  # no second read in the notice window
-        if handover:
-            return _hand_over(events, run_name, handover)
-        print(
-            f"spotrun: run {run_name!r} preempted; checkpoint committed, exit {C.EXIT_PREEMPTED} (relaunch me)"
-        )
-        return C.EXIT_PREEMPTED
-    return C.EXIT_FAILED
+    def committed(self) -> str | None:
+        steps = CheckpointStore(self.storage, self.run_name).committed_steps()
+        return f"checkpoint at step {steps[-1]}" if steps else None
+
+    def run(self, attempt) -> Outcome:
+        job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path)
+        print(f"spotrun: run {self.run_name!r} in {self.storage.path(self.run_name)}")
+        result = build_trainer(self.cfg, self.run_name, self.storage, job).fit()
+        last = result.metrics or {}
+        if is_finished(self.storage, self.run_name):
+            print(
+                f"spotrun: run {self.run_name!r} finished: {summary(read_final_metrics(self.storage, self.run_name))}"
+            )
+            return Outcome(finished=True)
+        return Outcome(saved=last.get("saved")) if last.get("preempted") else Outcome()
 
 
-def _hand_over(events: EventLog, run_name: str, reason: str) -> int:
-    """End the spot stage: the on-demand task after it resumes from the committed checkpoint."""
-    events.emit("fallback", reason=reason)
-    print(f"spotrun: run {run_name!r} moves to on-demand ({reason}); exit 0 hands it to the next task")
-    return C.EXIT_OK
+def prepare(cfg) -> FinetuneJob:
+    """The checks that look outside the config, then the job ready to run. Raises ConfigError."""
+    from spotrun.jobs.finetune.preflight import preflight
+
+    run_name, model_path = preflight(cfg, REPO_ROOT)
+    return FinetuneJob(cfg, run_name, model_path)
+
+
+KIND = register(
+    JobKind(
+        name="finetune",
+        check=lambda cfg: validate(cfg, REPO_ROOT),
+        prepare=prepare,
+        summary="fine-tune a pretrained model on Ray Train (DDP/FSDP)",
+    )
+)

@@ -1,0 +1,211 @@
+"""The spot contract: what every spot job does around its own work, written once.
+
+    finished already?  -> say so, exit 0           (a relaunch of a done run costs nothing)
+    fallback at start? -> `fallback` event, exit 0  (the on-demand stage takes over)
+    `launch` event -> Ray up (shielded from SIGTERM) -> the run's notice board -> the job's work
+    SIGTERM (any of the job's processes) or a cloud notice -> the job commits what is new -> exit 75
+    the notice's time runs out first -> `preempted_timeout`, exit 75 without it
+    the work raised without a notice -> `failed` event, exit 1;   a user mistake -> one line, exit 2
+
+A job kind is a `JobKind` (its name, checks and how to build its work) registered once; `main(name,
+overrides)` is its whole entry point, and `spotrun launch` / the SkyPilot task follow from the name.
+The work is a `SpotJob`: a run name, a storage, and three methods.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import ray
+from omegaconf import DictConfig
+
+from spotrun.core.config import compose
+from spotrun.core.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, user_errors
+from spotrun.core.events import EventLog, read_events
+from spotrun.core.paths import CONF_DIR
+from spotrun.core.storage import Storage
+from spotrun.recovery import fallback, shield
+from spotrun.recovery.notices import create_board
+from spotrun.recovery.runtime import init_ray, placement, shutdown_ray
+
+NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+
+
+@dataclass
+class Attempt:
+    """One start of a job: what the contract hands the job's work."""
+
+    cfg: DictConfig
+    run_name: str
+    events: EventLog  # the driver's writer
+    notice: shield.Notice
+    grace_s: float  # seconds from the notice to the forced exit
+    history: list[dict] = field(default_factory=list)  # read at launch only when a fallback may need it
+    board: object = None  # the run's NoticeBoard actor, once Ray is up
+    posted: dict | None = None  # what a worker posted to the board (a cloud notice, the deadline)
+
+    def noticed(self) -> bool:
+        return self.notice.is_set()
+
+
+@dataclass
+class Outcome:
+    """What the work reports back. `saved` describes what the notice's commit wrote (None: it
+    recorded nothing, and the contract records the notice and what was already committed)."""
+
+    finished: bool = False
+    saved: str | None = None
+
+
+class SpotJob(Protocol):
+    cfg: DictConfig
+    run_name: str
+    storage: Storage
+
+    def finished(self) -> str | None:
+        """A one-line summary when the run has already finished, else None."""
+
+    def run(self, attempt: Attempt) -> Outcome:
+        """The work, Ray up. Returns when done or when a notice's commit is durable; may raise."""
+
+    def committed(self) -> str | None:
+        """What the newest commit holds ("checkpoint at step 30", "12/20 shards"), or None."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job kind, registered once: conf/<name>.yaml, pipelines/<name>.py, sky/<name>.yaml."""
+
+    name: str
+    check: Callable[[DictConfig], None]  # checks beyond the schema; raise ConfigError; start nothing
+    prepare: Callable[[DictConfig], SpotJob]  # the checks that look outside (model, data, storage)
+    schema: Callable[[], None] = lambda: None  # registers the structured config before compose
+    conf_dir: str = CONF_DIR
+    summary: str = ""  # one line for `spotrun --help` and the SkyPilot task's comment
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def load(kind: JobKind, overrides: list[str]) -> DictConfig:
+    """The job's composed config, checked as the job checks it. Raises ConfigError."""
+    kind.schema()
+    cfg = compose(kind.name, overrides, conf_dir=kind.conf_dir)
+    kind.check(cfg)
+    return cfg
+
+
+def main(kind: JobKind, overrides: list[str], started_ts: float | None = None) -> int:
+    """A job's whole entry point: compose, check, prepare, run under the contract. The exit code."""
+    notice = shield.arm()
+    started_ts = started_ts or time.time()
+    job = user_errors(lambda: kind.prepare(load(kind, overrides)))()
+    if isinstance(job, int):  # a user mistake, already printed as one line
+        return job
+    return run(job, notice, started_ts)
+
+
+def run(job: SpotJob, notice: shield.Notice, started_ts: float) -> int:
+    """One attempt of `job` under the contract. Returns the exit code."""
+    cfg = job.cfg
+    done = job.finished()
+    if done is not None:
+        print(f"spotrun: run {job.run_name!r} already finished: {done}; pick a new run.name to run again")
+        return EXIT_OK
+    events = EventLog(job.storage, job.run_name, source="driver")
+    history = read_events(job.storage, job.run_name) if fallback.active(cfg) else []
+    handover = fallback.reason_at_start(cfg, history, time.time())
+    if handover:
+        return hand_over(events, job.run_name, handover)
+    history.append(events.emit("launch", started_ts=round(started_ts, 3), **placement(cfg)))
+    attempt = Attempt(cfg, job.run_name, events, notice, cfg.cloud.notice_s - NOTICE_MARGIN_S, history)
+    notice.on_notice(lambda ts: _start_deadline(attempt))
+    outcome, error = _work(job, attempt)
+    if outcome.finished:
+        return EXIT_OK
+    if attempt.noticed():
+        return _preempted(job, attempt, outcome)
+    events.emit("failed", error=_first_line(error) if error else "the work ended unfinished")
+    print(f"spotrun: run {job.run_name!r} failed: {error or 'the work ended unfinished'}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _work(job: SpotJob, attempt: Attempt) -> tuple[Outcome, BaseException | None]:
+    """Ray up, the board, the work, Ray down. A notice before the work starts skips it."""
+    if attempt.noticed():  # nothing ran in this attempt yet: nothing new to save
+        return Outcome(), None
+    try:
+        init_ray()
+        attempt.board = create_board(attempt.run_name)
+        attempt.notice.on_notice(lambda ts: attempt.board.post.remote("sigterm", attempt.grace_s))
+        if attempt.noticed():
+            return Outcome(), None
+        return job.run(attempt), None
+    except Exception as e:  # noqa: BLE001 - any failure of the work ends in the same exit path
+        return Outcome(), e
+    finally:
+        _read_board(attempt)
+        shutdown_ray()
+
+
+def _read_board(attempt: Attempt) -> None:
+    """A cloud metadata notice (or the fallback deadline) that a worker posted counts as a notice."""
+    if attempt.board is None:
+        return
+    try:
+        posted = ray.get(attempt.board.get.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - never let this check skip the shutdown
+        return
+    if posted is not None:
+        attempt.posted = posted
+        attempt.notice.set()
+
+
+def _preempted(job: SpotJob, attempt: Attempt, outcome: Outcome) -> int:
+    handover = fallback.reason_at_notice(attempt.cfg, attempt.posted, attempt.history)
+    saved = outcome.saved
+    if saved is None:  # the work recorded nothing: say what the notice found committed
+        newest = job.committed()
+        attempt.events.emit("preemption_notice", source="sigterm", notice_ts=round(attempt.notice.ts, 3))
+        attempt.events.emit("preempted", saved=False, committed=newest, durable_s=0.0)
+        saved = f"nothing new to save; newest commit: {newest or 'none yet'}"
+    if handover:
+        return hand_over(attempt.events, job.run_name, handover)
+    print(f"spotrun: run {job.run_name!r} preempted; {saved}; exit {EXIT_PREEMPTED} (relaunch me)")
+    return EXIT_PREEMPTED
+
+
+def _start_deadline(attempt: Attempt) -> None:
+    sys.stderr.write("spotrun: preemption notice: committing what is new, then exiting\n")
+
+    def expire():
+        attempt.events.emit("preempted_timeout", waited_s=attempt.grace_s)
+        sys.stderr.write("spotrun: notice deadline reached; exiting before the commit finished\n")
+        sys.stderr.flush()
+        os._exit(EXIT_PREEMPTED)
+
+    timer = threading.Timer(attempt.grace_s, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def hand_over(events: EventLog, run_name: str, reason: str) -> int:
+    """End the spot stage: the on-demand task after it resumes from the committed checkpoint."""
+    events.emit("fallback", reason=reason)
+    print(f"spotrun: run {run_name!r} moves to on-demand ({reason}); exit 0 hands it to the next task")
+    return EXIT_OK
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:300] if str(e).strip() else type(e).__name__

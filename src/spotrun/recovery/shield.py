@@ -1,0 +1,107 @@
+"""SIGTERM as a spot VM's shutdown delivers it: to every process of the job at once.
+
+A provider reclaims a VM by shutting it down, and the OS then sends SIGTERM to every process, not only
+the job's driver: Ray's daemons (GCS, raylet) and every Train worker get it too. Ray's daemons exit on it
+and take the workers with them, so the checkpoint the notice asks for would never be written.
+
+The shield: SIGTERM is *blocked* in the thread that starts Ray's processes, so every one of them (and
+every worker the raylet starts later) inherits a blocked SIGTERM. A blocked signal stays pending: the
+daemons keep running until the VM powers off (or SIGKILL), and a worker sees the notice by asking
+`sigterm_pending()` once a step. The driver itself unblocks it and handles it (`arm`).
+
+`python -m spotrun.recovery.shield CMD ...` runs CMD with SIGTERM blocked: the SkyPilot run script
+starts `ray start` through it on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+_TERM = {signal.SIGTERM}
+
+
+class Notice:
+    """The driver's record of a SIGTERM: when it came, and who to tell."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ts: float | None = None
+        self._listeners: list[Callable[[float], None]] = []
+        self._lock = threading.Lock()
+        self.armed = False
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            if self.event.is_set():
+                return
+            self.ts = time.time()
+            self.event.set()
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn(self.ts)
+
+    def on_notice(self, fn: Callable[[float], None]) -> None:
+        """Call `fn(notice_ts)` at the notice, or now if it already came."""
+        with self._lock:
+            self._listeners.append(fn)
+            ts = self.ts if self.event.is_set() else None
+        if ts is not None:
+            fn(ts)
+
+
+NOTICE = Notice()  # one per driver process: SIGTERM reaches a process, not a job
+
+
+def _handler(signum, frame) -> None:
+    # The listeners may write events: never inside the handler, which interrupts whatever ran.
+    threading.Thread(target=NOTICE.set, name="spotrun-notice", daemon=True).start()
+
+
+def arm() -> Notice:
+    """Handle SIGTERM in this (main) thread: set NOTICE. Call before anything slow, so a notice that
+    arrives during start-up is a notice and not a death."""
+    signal.signal(signal.SIGTERM, _handler)
+    NOTICE.armed = True
+    return NOTICE
+
+
+def rearm() -> None:
+    """Take SIGTERM back after `ray.init`, whose core worker installs a handler that aborts."""
+    if NOTICE.armed:
+        signal.signal(signal.SIGTERM, _handler)
+
+
+@contextlib.contextmanager
+def blocked() -> Iterator[None]:
+    """Block SIGTERM in this thread while it starts child processes (they inherit the mask); a
+    SIGTERM that arrives meanwhile is delivered when the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERM)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def sigterm_pending() -> bool:
+    """In a shielded process (a Ray worker): has this process or its VM been told to shut down?"""
+    return signal.SIGTERM in signal.sigpending()
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        sys.exit("usage: python -m spotrun.recovery.shield CMD [ARG ...]")
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERM)
+    os.execvp(argv[0], argv)  # the mask survives exec: CMD and all it starts are shielded
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
