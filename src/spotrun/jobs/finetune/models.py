@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from spotrun.core.models import probe_model, resolve_model_path  # noqa: F401 - part of the API
 
 
-def check_model(model_cfg) -> str:
-    """Resolve and probe the model's config without loading weights; a one-line error if unusable."""
-    from spotrun.jobs.finetune.llm import check_lora_targets, gguf_kwargs
+def check_model(model_cfg, task_cls: type | None = None) -> str:
+    """Resolve and probe the model's config without loading weights; a one-line error if unusable,
+    or if the task's own `check` refuses the model (e.g. LoRA targets the model lacks)."""
+    from spotrun.jobs.finetune.llm import gguf_kwargs
 
     path, config = probe_model(model_cfg, **gguf_kwargs(resolve_model_path(model_cfg), model_cfg))
-    if model_cfg.get("kind") == "causal_lm":
-        check_lora_targets(config, model_cfg)
+    if task_cls is not None and hasattr(task_cls, "check"):
+        task_cls.check(model_cfg, config)
     return path
 
 

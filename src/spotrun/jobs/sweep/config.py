@@ -21,13 +21,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from spotrun.core.config import ConfigError, FinetuneConf
+from spotrun.jobs.finetune.tasks import task_class
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
-SEARCHABLE = ("model", "data", "trainer", "checkpoint", "seed")  # groups a trial may change
+# groups a trial may change
+SEARCHABLE = ("model", "task", "optimizer", "scheduler", "data", "trainer", "checkpoint", "seed")
 SCHEDULERS = ("asha", "none")
 SEARCHES = ("random", "optuna")
 STEP_METRICS = ("loss",)  # reported at every checkpoint: usable by ASHA
-FINAL_METRICS = ("recall_at_1",)  # reported once, when a trial finishes
+# the task's own metrics (its class's `metrics`, e.g. recall_at_1, eval_loss) are reported once, at the end
 
 
 @dataclass
@@ -107,9 +109,9 @@ def leaves(space: DictConfig, cfg: DictConfig, prefix: str = "") -> dict[str, Di
 def validate_sweep(cfg: DictConfig) -> dict[str, DictConfig]:
     """Check the sweep group; returns the search space's leaves. Raises ConfigError."""
     s = cfg.sweep
-    metrics = STEP_METRICS + FINAL_METRICS
+    metrics = STEP_METRICS + tuple(task_class(cfg).metrics)
     if s.metric not in metrics:
-        _fail("sweep.metric", s.metric, f"one of {', '.join(metrics)}")
+        _fail("sweep.metric", s.metric, f"one of {', '.join(metrics)} (what {cfg.task._target_} reports)")
     if s.mode not in ("min", "max"):
         _fail("sweep.mode", s.mode, "min or max")
     if s.scheduler not in SCHEDULERS:

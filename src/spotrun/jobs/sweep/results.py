@@ -14,8 +14,10 @@ from omegaconf import OmegaConf
 from spotrun.core.events import read_events
 from spotrun.core.storage import Storage
 from spotrun.jobs.finetune.outputs import is_finished, read_final_metrics
+from spotrun.jobs.finetune.tasks import task_class
 
-BEST_KEYS = ("model", "data", "trainer", "checkpoint", "seed")  # what a fine-tune experiment sets
+# what a fine-tune experiment sets
+BEST_KEYS = ("model", "task", "optimizer", "scheduler", "data", "trainer", "checkpoint", "seed")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -42,8 +44,8 @@ def trial_rows(cfg, analysis, trials: Storage, name_of) -> list[dict]:
         row = {"trial": name, **_flat(trial.config)}
         row["step"] = last.get("step")
         row[metric] = last.get(metric)
-        if done:
-            row["recall_at_1"] = read_final_metrics(trials, name)["after"]["recall_at_1"]
+        if done:  # every metric the task reported at the end (its headline one included)
+            row.update(read_final_metrics(trials, name)["after"])
         row["status"] = _status(trial, done)
         row["reclaims"] = sum(e["kind"] == "resume" for e in read_events(trials, name))
         rows.append(row)
@@ -136,8 +138,10 @@ def export_best(cfg, best: dict, params: dict, run_name: str, repo_root: str) ->
 
     name = f"best-{run_name}"
     defaults = OmegaConf.to_container(compose("finetune", [], f"{repo_root}/conf"), resolve=True)
-    s = cfg.sweep
-    shown = f"{s.metric}={_fmt(best[s.metric])}, recall@1 {_fmt(best.get('recall_at_1'))}"
+    s, headline = cfg.sweep, task_class(cfg).metric
+    shown = f"{s.metric}={_fmt(best[s.metric])}"
+    if headline != s.metric:
+        shown += f", {headline} {_fmt(best.get(headline))}"
     header = (
         f"# Best trial {best['trial']} of sweep {run_name} ({shown}):\n"
         f"#   make finetune ARGS=experiment={name}"

