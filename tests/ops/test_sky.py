@@ -55,12 +55,14 @@ def sky_validate(task: dict, tmp_path) -> None:
     assert len(dag_utils.load_chain_dag_from_yaml(str(path)).tasks) == 1
 
 
-def cli(args: list[str], home, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], home, env: dict | None = None, timeout: float = 240, cwd=REPO
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "WANDB_API", "HF_TOKEN"))}
     base.update(HOME=str(home), SKYPILOT_DISABLE_USAGE_COLLECTION="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "spotrun.ops.cli", "launch", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=base,
         capture_output=True,
         text=True,
@@ -86,9 +88,13 @@ def test_sky_yaml_validates(path, tmp_path):
     assert res["use_spot"] is True and res["any_of"] and res["accelerators"]
     assert res["job_recovery"]["strategy"] == "EAGER_NEXT_REGION"
     assert 75 in res["job_recovery"]["recover_on_exit_codes"]
-    assert set(task["secrets"]) == {"WANDB_API_KEY", "HF_TOKEN"}
+    assert set(task["secrets"]) == {"WANDB_API_KEY", "HF_TOKEN", "RAY_AUTH_TOKEN"}
     assert all(v == "" for v in task["secrets"].values())  # placeholders: no value, no null
     assert "ray stop" not in text and "pipelines.$JOB" in task["run"]
+    # Ray across nodes: token auth on, each node on its private address, never auth disabled
+    run = task["run"]
+    assert "RAY_AUTH_MODE=disabled" not in run and "export RAY_AUTH_MODE=token" in run
+    assert run.count("--node-ip-address=") == 2 and '"$@"' in run and "$ARGS\n" not in run
 
 
 def _job_available(job: str) -> None:
@@ -180,7 +186,7 @@ def test_dryrun_prints_valid_task_without_secret_values(private_sky_home, tmp_pa
     assert out.returncode == 0, out.stderr
     assert SECRET not in out.stdout and SECRET not in out.stderr
     task = yaml.safe_load(out.stdout)
-    assert task["secrets"] == {"WANDB_API_KEY": "", "HF_TOKEN": ""}
+    assert task["secrets"] == {"WANDB_API_KEY": "", "HF_TOKEN": "", "RAY_AUTH_TOKEN": ""}
     sky_validate(task, tmp_path)
 
 
@@ -279,3 +285,82 @@ def test_launch_submits_to_local_api_server_and_stops_at_no_cloud_access(private
         for k in env:
             os.environ.pop(k, None)
         assert stop.returncode == 0, stop.stderr
+
+
+def test_a_launch_from_another_folder_uploads_the_repository_without_credentials(private_sky_home, tmp_path):
+    """Run from a folder holding a `.env` (as $HOME would hold ~/.aws): the task's workdir is still
+    the repository, and SkyPilot's own upload filter (.skyignore) drops credential files there."""
+    from sky.data import storage_utils
+
+    elsewhere = tmp_path / "home-like"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
+    out = cli(
+        ["finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}"], private_sky_home, cwd=elsewhere
+    )
+    assert out.returncode == 0, out.stderr
+    task = yaml.safe_load(out.stdout)
+    assert task["workdir"] == str(REPO) and (REPO / ".skyignore").is_file()
+    sky_validate(task, tmp_path)
+    # the filter SkyPilot applies to the workdir, on a copy of the repo's .skyignore and planted files
+    tree = tmp_path / "tree"
+    for rel in (
+        ".env",
+        "conf/.env.prod",
+        "keys/id.pem",
+        "gcp-credentials.json",
+        ".aws/credentials",
+        "src/ok.py",
+    ):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text("x")
+    shutil.copy(REPO / ".skyignore", tree / ".skyignore")
+    excluded = set(storage_utils.get_excluded_files(str(tree)))
+    assert {".env", "conf/.env.prod", "keys/id.pem", "gcp-credentials.json", ".aws"} <= excluded
+    assert "src/ok.py" not in excluded and "src" not in excluded
+    kept = set(storage_utils.get_excluded_files(str(REPO)))  # the job's own code is uploaded
+    assert not kept & {"src", "pipelines", "conf", "sky", "pyproject.toml", "data"}
+
+
+def test_overrides_travel_resolved_once_and_one_argument_each(monkeypatch, tmp_path):
+    """An interpolation is resolved here, a value with spaces stays one override: `run:`'s
+    `eval "set -- $ARGS"` gives back exactly the overrides, which compose to the same values."""
+    from spotrun.core.config import compose
+
+    monkeypatch.setenv("SPOTRUN_TEST_LR", "0.0003")
+    overrides = ["cloud=gcp", f"storage.root={BUCKET}", "trainer.lr=${oc.env:SPOTRUN_TEST_LR}"]
+    overrides += ["logger.project='my project; $(touch pwned)'", "experiment=tiny"]
+    [task] = launch.build("finetune", overrides)
+    monkeypatch.delenv("SPOTRUN_TEST_LR")  # the VM does not have it: the value must already be there
+    shell = 'set -e -f; eval "set -- $ARGS"; printf "%s\\0" "$@"'
+    out = subprocess.run(
+        ["bash", "-c", shell],
+        env={"ARGS": task["envs"]["ARGS"], "PATH": os.environ["PATH"]},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    args = out.stdout.split("\0")[:-1]
+    assert len(args) == 3 and not (tmp_path / "pwned").exists()
+    cfg = compose("finetune", args, conf_dir=f"{REPO}/conf")
+    assert cfg.trainer.lr == 0.0003 and cfg.logger.project == "my project; $(touch pwned)"
+    assert "oc.env" not in task["envs"]["ARGS"]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "run.name=${oc.env:WANDB_API_KEY}",
+        f"logger.project={SECRET}",
+        "run.name=${oc.env:AWS_SECRET_ACCESS_KEY}",
+    ],
+)
+def test_a_secret_in_a_name_or_override_is_refused(private_sky_home, override):
+    env = {"WANDB_API_KEY": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET + "aws"}
+    out = cli(
+        ["finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", override], private_sky_home, env
+    )
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "expected no secret" in lines[0], out.stderr
+    assert SECRET not in out.stderr and SECRET not in out.stdout

@@ -139,9 +139,9 @@ def test_bucket_outage_is_ridden_out_in_the_background(gs_server, tmp_path, monk
 class SlowStore(CheckpointStore):
     """A bucket that takes 0.5 s per checkpoint."""
 
-    def write(self, step, files):
+    def write(self, step, files, shards=None):
         time.sleep(0.5)
-        return super().write(step, files)
+        return super().write(step, files, shards)
 
 
 def test_slow_writes_never_block_and_newer_snapshots_supersede(tmp_path):
@@ -157,3 +157,106 @@ def test_slow_writes_never_block_and_newer_snapshots_supersede(tmp_path):
     committed = store.committed_steps()  # the first write, if it had started, then only the newest
     assert committed[-1] == 5 and len(committed) <= 2 and ck.superseded == 5 - len(committed)
     assert torch.equal(bytes_to_tensors(store.read(5)["model.safetensors"])["w"], torch.full((10,), 5.0))
+
+
+def _plant_entry(store, step: int, name: str, meta: dict) -> None:
+    """Add one entry to a committed checkpoint's manifest (what a planted bucket object would say)."""
+    path = f"{store.dir_for(step)}/manifest.json"
+    manifest = json.loads(store.storage.read_bytes(path))
+    manifest["files"][name] = meta
+    store.storage.write_bytes(path, json.dumps(manifest).encode())
+
+
+def _meta(data: bytes) -> dict:
+    import hashlib
+
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/hostname",
+        "../step-00000001/model.safetensors",
+        "/etc/hostname",
+        "a\0b",
+        "sub/x",
+        "dcp/../x",
+        "..",
+    ],
+)
+def test_manifest_names_outside_the_step_folder_are_refused(store, name):
+    """Names that lead out of the step folder are refused even when size and sha256 match the
+    file they point at (here: step 1's own model file, a perfect match)."""
+    store.write(1, _files(1.0))
+    store.write(2, _files(2.0))
+    target = store.storage.read_bytes(f"{store.dir_for(1)}/model.safetensors")
+    _plant_entry(store, 2, name, _meta(target))
+    skipped = []
+    assert store.load_latest(on_skip=lambda s, why: skipped.append((s, why)))[0] == 1
+    assert skipped[0][0] == 2 and "plain name" in skipped[0][1]
+
+
+def test_a_file_larger_than_its_manifest_entry_is_never_read(store, tmp_path):
+    store.write(1, _files(1.0))
+    store.write(2, _files(2.0))
+    path = f"{store.dir_for(2)}/model.safetensors"
+    if store.storage.is_local:  # 64 GiB, sparse: reading it whole would exhaust this machine's memory
+        with open(path, "r+b") as f:
+            f.truncate(64 << 30)
+    else:
+        store.storage.write_bytes(path, b"x" * (2 << 20))
+    skipped = []
+    assert store.load_latest(on_skip=lambda s, why: skipped.append((s, why)))[0] == 1
+    assert "the manifest says a file of" in skipped[0][1]
+
+
+def test_a_fifo_named_in_the_manifest_is_never_opened(tmp_path):
+    """A FIFO would block the first read forever: the stat before any open refuses it."""
+    import os
+    import threading
+
+    store = CheckpointStore(open_storage(str(tmp_path)), "run")
+    store.write(1, _files(1.0))
+    store.write(2, _files(2.0))
+    path = f"{store.dir_for(2)}/model.safetensors"
+    size = os.path.getsize(path)
+    os.unlink(path)
+    os.mkfifo(path)
+    _plant_entry(store, 2, "model.safetensors", {"bytes": size, "sha256": "0" * 64})
+    found, skipped = [], []
+    t = threading.Thread(
+        target=lambda: found.append(store.load_latest(on_skip=lambda s, why: skipped.append(why))),
+        daemon=True,
+    )
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "load_latest opened the FIFO and hung"
+    assert found[0][0] == 1 and "Unknown" in skipped[0]
+
+
+def test_dcp_shards_are_hashed_into_the_manifest_and_a_planted_one_is_skipped(tmp_path):
+    """FSDP's DCP shards (dcp/ in the step folder) are in the manifest; a planted `.metadata`
+    (a pickle that would create a marker file) fails its sha256 and the previous checkpoint loads."""
+    import torch.distributed.checkpoint as dcp
+
+    store = CheckpointStore(open_storage(str(tmp_path)), "run")
+    for step in (1, 2):
+        dcp.save(
+            {"w": torch.full((4,), float(step))}, checkpoint_id=f"{store.dir_for(step)}/dcp", no_dist=True
+        )
+        store.write(step, _files(float(step)), shards="dcp")
+    manifest = json.loads(store.storage.read_bytes(f"{store.dir_for(2)}/manifest.json"))
+    shards = {n for n in manifest["files"] if n.startswith("dcp/")}
+    assert "dcp/.metadata" in shards and any(n.endswith(".distcp") for n in shards)
+    assert store.load_latest()[0] == 2 and "dcp/.metadata" not in store.read(2)  # verified, not returned
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    _corrupt(store, 2, "dcp/.metadata", pickle.dumps(Evil()))
+    skipped = []
+    assert store.load_latest(on_skip=lambda s, why: skipped.append((s, why)))[0] == 1
+    assert skipped[0][0] == 2 and "dcp/.metadata" in skipped[0][1] and not marker.exists()

@@ -28,7 +28,10 @@ from spotrun.core.errors import require as _require
 from spotrun.core.storage import SCHEMES, scheme_of
 
 CLOUDS = ("local", "gcp", "aws", "azure")
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: `$` also matches before a trailing newline, so "name\n" would pass a .match()
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# A config group option: a file name in its group folder, never a path (Hydra would load any YAML)
+OPTION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 @dataclass
@@ -276,10 +279,11 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
         "logger.wandb_mode",
         cfg.logger.wandb_mode,
         "auto, online, offline or disabled",
+    check_local_package(cfg.model)
     )
     if cfg.run.name is not None:
         _require(
-            bool(RUN_NAME_RE.match(cfg.run.name)),
+            bool(RUN_NAME_RE.fullmatch(str(cfg.run.name))),
             "run.name",
             cfg.run.name,
             "letters, digits, . _ - (max 128)",
@@ -305,6 +309,40 @@ def _validate_llm(cfg: DictConfig) -> None:
     _require(m.kind in ("encoder", "causal_lm"), "model.kind", m.kind, "encoder or causal_lm")
     _require(cfg.trainer.parallel in ("ddp", "fsdp"), "trainer.parallel", cfg.trainer.parallel, "ddp or fsdp")
     if cfg.trainer.parallel == "fsdp":
+def _ships_model(spec, gguf_file: str | None) -> bool:
+    """Whether an installed package (found, not imported) ships a model: the GGUF file in its folder,
+    or a top-level `get_model_path()` in its `__init__.py` (read as source, never run)."""
+    import ast
+
+    folder = os.path.dirname(spec.origin or "")
+    if gguf_file:
+        return os.path.isfile(os.path.join(folder, gguf_file))
+    try:
+        with open(spec.origin, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, TypeError, ValueError, SyntaxError):
+        return False
+    return any(isinstance(n, ast.FunctionDef) and n.name == "get_model_path" for n in tree.body)
+
+
+def check_local_package(m) -> None:
+    """`model.local_package` is a top-level package name; when installed it must ship a model, so
+    nothing else is ever imported in its name. Not installed: `model.name` loads instead (the
+    documented fallback). Raises ConfigError."""
+    import importlib.util
+
+    name = m.get("local_package")
+    if name is None:
+        return
+    ok = isinstance(name, str) and name.isidentifier()  # a dotted name: find_spec imports its parents
+    _require(ok, "model.local_package", name, "null or an installed package name (letters, digits, _)")
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+    what = f"a package that ships {m.gguf_file}" if m.get("gguf_file") else "a package with get_model_path()"
+    _require(_ships_model(spec, m.get("gguf_file")), "model.local_package", name, what)
+
+
         _require(m.kind == "causal_lm", "trainer.parallel", "fsdp", "ddp for model.kind=encoder")
         # every rank writes its own shards straight to the checkpoint folder (DCP): a shared filesystem
         root, fsdp = cfg.storage.root, "with trainer.parallel=fsdp"
@@ -348,6 +386,19 @@ def job_overrides(config_name: str, overrides: list[str], conf_dir: str) -> list
     (embed, sweep), so `experiment=tiny` means "this job, small" for every job kind."""
     if not os.path.isdir(os.path.join(conf_dir, config_name, "experiment")):
         return list(overrides)
+def check_group_options(overrides: list[str], conf_dir: str) -> None:
+    """A config group option (`experiment=tiny`, `model=minilm`) names a file in its group folder
+    under conf/: no path separators, no `..`, no absolute path. Raises ConfigError."""
+    for o in overrides:
+        key, eq, value = o.lstrip("+~").partition("=")
+        parts = key.split("/")
+        is_group = all(OPTION_RE.fullmatch(p) for p in parts) and os.path.isdir(
+            os.path.join(conf_dir, *parts)
+        )
+        if eq and (is_group or parts[-1] == "experiment"):
+            _require(bool(OPTION_RE.fullmatch(value)), key, value, f"the name of a file in conf/{key}/")
+
+
     return [f"{config_name}/{o}" if o.startswith("experiment=") else o for o in overrides]
 
 
@@ -364,6 +415,7 @@ def compose(config_name: str, overrides: list[str], conf_dir: str) -> DictConfig
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    check_group_options(overrides, conf_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(_one_line(e, overrides)) from None
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import secrets
 import sys
 import time
 
@@ -45,6 +46,7 @@ def load_config(job: str, overrides: list[str]):
         cfg = compose(job, overrides, conf_dir=conf_dir)
         embed_config.validate(cfg)
     elif job == "sweep":
+    skytask.check_no_secrets("", overrides)  # first: a later error message would show the value
         from spotrun.jobs.sweep import config as sweep_config
 
         sweep_config.register()
@@ -74,6 +76,8 @@ def check_extra(cloud: str) -> None:
     if missing:
         raise LaunchError(
             f"no access to {cloud}: SkyPilot's {cloud} extra is not installed; run "
+    if "RAY_AUTH_TOKEN" in (tasks[0].get("secrets") or {}):  # Ray's token auth across the nodes:
+        values["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # one per job, in memory only, never in YAML
             f"`pip install -e '.[{cloud}]'`, set up {cloud} credentials, then `sky check {cloud}`",
             EXIT_BAD_INPUT,
         )

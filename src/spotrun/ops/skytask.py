@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tempfile
 from typing import Any
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from spotrun.core.config import EXIT_PREEMPTED, ConfigError
 from spotrun.core.errors import require as _require
+from spotrun.core.paths import REPO_ROOT
 from spotrun.core.storage import scheme_of
 from spotrun.recovery import fallback
 
@@ -25,7 +27,18 @@ from spotrun.recovery import fallback
 # keys its controller reads; the client schema accepts any string and any extra key.
 RECOVERY_STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER")
 RECOVERY_KEYS = ("strategy", "max_restarts_on_errors", "recover_on_exit_codes")
-SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
+SECRETS = ("WANDB_API_KEY", "HF_TOKEN", "RAY_AUTH_TOKEN")  # RAY_AUTH_TOKEN: per job, made by launch
+# Credentials a name or an override must never carry (they would land in the task name, the run
+# folder, the rendered YAML and the logs): their values, wherever they are set here.
+SECRET_ENVS = (
+    *SECRETS,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_KEY",
+)
 ACCELERATOR_RE = re.compile(r"^[A-Za-z0-9-]+(:[1-9][0-9]*)?$")
 # Overrides the launcher turns into envs instead of forwarding as ARGS.
 _OWN_KEYS = ("cloud", "storage.root")
@@ -106,13 +119,44 @@ def resources(cfg: DictConfig, on_demand: bool = False) -> dict:
     return res
 
 
-def forwarded(overrides: list[str]) -> list[str]:
-    """The user's Hydra overrides the pipeline gets as ARGS (cloud and bucket travel as envs).
+def _hydra_value(value) -> str:
+    """A resolved value as a Hydra override value: a quoted string (nothing left to interpolate)."""
+    if value is None or isinstance(value, bool | int | float):
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    text = str(value)
+    _require("${" not in text, "override", text, "a value without an unresolved ${...}")
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    `run:` splits ARGS on whitespace with globbing off, so an override may not contain whitespace."""
+
+def forwarded(overrides: list[str], cfg: DictConfig | None = None) -> list[str]:
+    """The user's Hydra overrides the pipeline gets as ARGS (cloud and bucket travel as envs),
+    resolved here, once: an override with an interpolation (`${oc.env:X}`) travels as its value
+    on this machine, so the VM never resolves it again."""
+    out = []
     for o in overrides:
-        _require(not re.search(r"\s", o), o.split("=", 1)[0], o, "an override without whitespace")
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _OWN_KEYS]
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in _OWN_KEYS:
+            continue
+        if cfg is not None and "${" in value:
+            from omegaconf import OmegaConf
+
+            o = f"{key}={_hydra_value(OmegaConf.select(cfg, key.lstrip('+~')))}"
+        out.append(o)
+    return out
+
+
+def check_no_secrets(name: str, overrides: list[str], env=os.environ) -> None:
+    """Refuse a credential's value (or a reference to one) in the task name or an override: it
+    would be rendered into the YAML, the run folder and the logs. The message never shows it."""
+    values = {k: v for k in SECRET_ENVS if len(v := env.get(k) or "") >= 4}
+    for where, text in [("run.name", name), *((o.split("=", 1)[0], o) for o in overrides)]:
+        leaked = [k for k, v in values.items() if v in text]
+        leaked += [k for k in SECRET_ENVS if re.search(rf"oc\.env\s*:\s*{k}\b", text)]
+        if leaked:
+            raise ConfigError(
+                f"{where}: expected no secret in a name or override; it holds ${leaked[0]} "
+                f"(pass secrets as SkyPilot secrets, never as config)"
+            )
 
 
 def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
@@ -122,6 +166,12 @@ def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
     task = dict(template)
     experiment = re.sub(r"[^a-z0-9-]", "-", str(cfg.experiment).lower())
     task["name"] = cfg.run.name or f"spotrun-{cfg.run.job}-{experiment}"
+    check_no_secrets(task["name"], overrides)
+    args = forwarded(overrides, cfg)
+    check_no_secrets(task["name"], args)  # after resolving: a value that came from elsewhere
+    # the repository, wherever this runs: never the current folder (from $HOME it would be ~/.ssh...);
+    # REPO_ROOT/.skyignore keeps credentials and local outputs out of the upload
+    task["workdir"] = REPO_ROOT
     task["resources"] = resources(cfg)
     task["num_nodes"] = int(cfg.cloud.num_nodes)
     task["envs"] = {
@@ -129,7 +179,7 @@ def render(cfg: DictConfig, template: dict, overrides: list[str]) -> dict:
         "JOB": cfg.run.job,
         "CLOUD": cfg.cloud.name,
         "BUCKET": cfg.storage.root,
-        "ARGS": " ".join(forwarded(overrides)),
+        "ARGS": " ".join(shlex.quote(a) for a in args),  # one shell word each: `run:` evals it
     }
     # "" placeholders, never null: SkyPilot 0.14 reads a null secret as a managed-secret reference
     # and fails the job at launch when no value or provider supplies it

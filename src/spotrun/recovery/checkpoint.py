@@ -17,15 +17,29 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from spotrun.core.storage import Storage
+from spotrun.core.storage import Storage, _retry
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PREFIX = "step-"
+SHARDS = "dcp"  # FSDP: each rank's DCP shards, in this subfolder of the step folder
+MAX_MANIFEST_BYTES = 4 << 20  # far more than any real manifest; a bigger one is never read
+CHUNK = 8 << 20  # streamed hashing: one read per 8 MB
+
+
+def plain_name(name) -> bool:
+    """A file name a manifest may list: `name` or `dcp/name`, never a path out of the step folder."""
+    if not isinstance(name, str) or "\\" in name or "\0" in name:
+        return False
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] == SHARDS:
+        parts = parts[1:]
+    return len(parts) == 1 and parts[0] not in ("", ".", "..") and parts[0] != MANIFEST
 
 
 class CorruptCheckpoint(Exception):
@@ -60,8 +74,9 @@ class CheckpointStore:
     def committed_steps(self) -> list[int]:
         return sorted(s for s, committed in self._scan().items() if committed)
 
-    def write(self, step: int, files: dict[str, bytes]) -> int:
-        """Write data files, then the manifest. Returns the bytes written.
+    def write(self, step: int, files: dict[str, bytes], shards: str | None = None) -> int:
+        """Write data files, then the manifest. Returns the bytes written. `shards`: a subfolder
+        already written by others (FSDP's DCP shards), hashed into the manifest too.
         A fenced storage is asked afresh before the first file (a stale attempt writes nothing)
         and again right before the manifest (a lease taken mid-upload still stops the commit)."""
         self.storage.check_fence(fresh=True)
@@ -79,24 +94,73 @@ class CheckpointStore:
                 self.storage.upload_file(os.path.join(staged, name), f"{folder}/{name}")
             else:
                 self.storage.write_bytes(f"{folder}/{name}", data)
+        if shards:
+            manifest["files"].update(self._hash_shards(folder, shards))
         self.storage.check_fence(fresh=True)
         self.storage.write_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
         if staged:
             shutil.rmtree(staged, ignore_errors=True)
         return sum(len(d) for d in files.values())
 
+    def _hash_shards(self, folder: str, sub: str) -> dict[str, dict]:
+        entries = {}
+        for rel in self.storage.list_files(f"{folder}/{sub}"):
+            path = f"{folder}/{sub}/{rel}"
+            size, digest = self._sha256(path, limit=None)
+            entries[f"{sub}/{rel}"] = {"bytes": size, "sha256": digest}
+        return entries
+
+    def _sha256(self, path: str, limit: int | None) -> tuple[int, str]:
+        """(bytes, sha256) of a file, streamed; stops past `limit` bytes (a file that grew)."""
+        h, size = hashlib.sha256(), 0
+        with self.storage.fs.open_input_stream(path) as f:
+            while (limit is None or size <= limit) and (chunk := f.read(CHUNK)):
+                h.update(chunk)
+                size += len(chunk)
+        return size, h.hexdigest()
+
+    def _stat(self, path: str, expected: int) -> None:
+        """The file is a regular file of the manifest's size, checked before anything opens it: a
+        FIFO or device is never opened, a file larger than listed is never read."""
+        info = _retry(self.storage.fs.get_file_info)(path)
+        if info.type != pafs.FileType.File or info.size != expected:
+            kind = f"{info.size} bytes" if info.type == pafs.FileType.File else f"a {info.type.name}"
+            raise CorruptCheckpoint(f"{path}: {kind}, the manifest says a file of {expected} bytes")
+
+    def _manifest(self, folder: str) -> dict[str, dict]:
+        """The manifest's entries, each name a plain file name in the step folder (or in its DCP
+        shard subfolder) with an int size and a hex sha256. Raises CorruptCheckpoint."""
+        path = f"{folder}/{MANIFEST}"
+        size = _retry(self.storage.fs.get_file_info)(path).size or 0
+        if size > MAX_MANIFEST_BYTES:
+            raise CorruptCheckpoint(f"{path}: {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES})")
+        entries = json.loads(self.storage.read_bytes(path))["files"]
+        for name, meta in entries.items():
+            if not plain_name(name):
+                raise CorruptCheckpoint(f"{path}: file name {name!r} is not a plain name in the step folder")
+            ok = isinstance(meta["bytes"], int) and meta["bytes"] >= 0 and isinstance(meta["sha256"], str)
+            if not ok:
+                raise CorruptCheckpoint(f"{path}: entry {name!r} has no valid size and sha256")
+        return entries
+
     def read(self, step: int, verify: bool = True) -> dict[str, bytes]:
-        """Every file of a committed checkpoint; raises CorruptCheckpoint on any mismatch."""
+        """Every top-level file of a committed checkpoint (DCP shards are verified, not returned:
+        each rank reads its own); raises CorruptCheckpoint on any mismatch."""
         folder = self.dir_for(step)
+        files = {}
         try:
-            manifest = json.loads(self.storage.read_bytes(f"{folder}/{MANIFEST}"))
-            files = {name: self.storage.read_bytes(f"{folder}/{name}") for name in manifest["files"]}
-        except (OSError, ValueError, KeyError) as e:
+            for name, meta in self._manifest(folder).items():
+                path = f"{folder}/{name}"
+                self._stat(path, meta["bytes"])
+                if name.startswith(SHARDS + "/"):
+                    size, digest = self._sha256(path, meta["bytes"]) if verify else (meta["bytes"], None)
+                else:
+                    data = files[name] = self.storage.read_bytes(path)
+                    size, digest = len(data), hashlib.sha256(data).hexdigest() if verify else None
+                if size != meta["bytes"] or (verify and digest != meta["sha256"]):
+                    raise CorruptCheckpoint(f"{path}: size or sha256 differs from the manifest")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CorruptCheckpoint(f"{folder}: unreadable ({e})") from e
-        for name, meta in manifest["files"].items():
-            data = files[name]
-            if len(data) != meta["bytes"] or (verify and hashlib.sha256(data).hexdigest() != meta["sha256"]):
-                raise CorruptCheckpoint(f"{folder}/{name}: size or sha256 differs from the manifest")
         return files
 
     def load_latest(self, verify: bool = True, on_skip: Callable[[int, str], None] | None = None):
@@ -208,7 +272,7 @@ class AsyncCheckpointer:
             try:
                 if after is not None:
                     after.result()
-                info = self._write(step, self._sets[idx], payload, blocked)
+                info = self._write(step, self._sets[idx], payload, blocked, sharded=after is not None)
             except BaseException as e:  # noqa: BLE001 - surfaced to the loop on its next save/wait
                 log.error("checkpoint step %d failed: %s", step, e)
                 info, err = None, e
@@ -222,10 +286,10 @@ class AsyncCheckpointer:
                     self.last_committed, self._last_info = step, info
                 self._cv.notify_all()
 
-    def _write(self, step: int, bufs: dict, payload: dict[str, bytes], blocked: float) -> dict:
+    def _write(self, step: int, bufs: dict, payload: dict[str, bytes], blocked: float, sharded=False) -> dict:
         t0 = time.perf_counter()
         files = {f"{group}.safetensors": tensors_to_bytes(ts) for group, ts in bufs.items()} | payload
-        nbytes = self.store.write(step, files)
+        nbytes = self.store.write(step, files, shards=SHARDS if sharded else None)  # DCP shards hashed too
         info = {
             "step": step,
             "bytes": nbytes,

@@ -13,6 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}  # extension -> loader
+
+
+def builder_for(path: str) -> str | None:
+    """The `datasets` loader of a file by its extension; `.gz` ones too (datasets decompresses)."""
+    name = path[: -len(".gz")] if path.endswith(".gz") else path
+    return BUILDERS.get(os.path.splitext(name)[1].lstrip("."))
+
 
 def load_pairs(data_cfg, repo_root: str, split: str) -> tuple[list[str], list[str]]:
     """(queries, docs) of one split, read through `datasets` from local files or a hub name."""
@@ -21,9 +29,7 @@ def load_pairs(data_cfg, repo_root: str, split: str) -> tuple[list[str], list[st
     files = data_cfg.train_files if split == "train" else data_cfg.eval_files
     if files is not None:
         paths = [p if os.path.isabs(p) else os.path.join(repo_root, p) for p in files.split(",")]
-        ext = os.path.splitext(paths[0])[1].lstrip(".").removesuffix(".gz")
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[ext]
-        ds = load_dataset(builder, data_files=paths, split="train")
+        ds = load_dataset(builder_for(paths[0]), data_files=paths, split="train")
     else:
         ds = load_dataset(data_cfg.hub_name, split=split)
     return list(ds[data_cfg.query_field]), list(ds[data_cfg.doc_field])
