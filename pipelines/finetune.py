@@ -15,7 +15,12 @@ from spotrun.recovery import shield  # noqa: E402 - stdlib only: armed before th
 shield.arm()  # a notice during start-up is a notice, not a death
 
 from spotrun.jobs.finetune.driver import KIND  # noqa: E402
-from spotrun.recovery.contract import main  # noqa: E402
+from spotrun.recovery import contract  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return contract.main(KIND, sys.argv[1:] if argv is None else argv, started_ts=STARTED)
+
 
 if __name__ == "__main__":
-    sys.exit(main(KIND, sys.argv[1:], started_ts=STARTED))
+    sys.exit(main())

@@ -1,36 +1,25 @@
-"""Hyperparameter sweep over the fine-tune job with Ray Tune; rerun the same command to resume it.
+"""Hyperparameter sweep with Ray Tune: every trial is a fine-tune that resumes by itself.
 
-    python -m pipelines.sweep [experiment=tiny] [sweep.search=optuna] [sweep.num_trials=16] ...
+    python -m pipelines.sweep [experiment=tiny] [sweep.num_samples=8] [run.name=my-sweep] ...
 
-Exit codes: 0 finished, 1 a trial failed for good, 2 bad input (nothing started), 75 preempted (relaunch me).
+Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (relaunch me).
 """
 
-from __future__ import annotations
-
 import sys
+import time
 
-from spotrun.core.config import EXIT_BAD_INPUT, ConfigError, compose, validate
-from spotrun.core.paths import REPO_ROOT
+STARTED = time.time()  # the attempt's start: the report counts start-up from here
+
+from spotrun.recovery import shield  # noqa: E402 - stdlib only: armed before the slow imports
+
+shield.arm()  # a notice during start-up is a notice, not a death
+
+from spotrun.jobs.sweep.driver import KIND  # noqa: E402
+from spotrun.recovery import contract  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides = sys.argv[1:] if argv is None else argv
-    try:
-        from spotrun.jobs.sweep.config import register, validate_sweep
-
-        register()
-        cfg = compose("sweep", overrides, conf_dir=f"{REPO_ROOT}/conf")
-        validate(cfg, REPO_ROOT)
-        found = validate_sweep(cfg)
-        from spotrun.jobs.finetune.preflight import preflight
-
-        run_name, model_path = preflight(cfg, REPO_ROOT)
-    except ConfigError as e:
-        print(f"spotrun: config error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from spotrun.jobs.sweep.driver import run_sweep
-
-    return run_sweep(cfg, REPO_ROOT, run_name, model_path, found)
+    return contract.main(KIND, sys.argv[1:] if argv is None else argv, started_ts=STARTED)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ import secrets
 import sys
 import time
 
-from spotrun.core.config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ConfigError, compose, validate
+from spotrun import jobs
+from spotrun.core.config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ConfigError
 from spotrun.core.paths import REPO_ROOT
 from spotrun.ops import skytask
+from spotrun.recovery import contract
 
-JOBS = ("finetune", "sweep", "embed")
+JOBS = tuple(jobs.BUILTIN)
 WATCH_S = 45.0  # long enough for SkyPilot's prechecks; provisioning itself takes minutes
 # The Python packages each SkyPilot cloud extra brings; without them `sky check` fails that cloud.
 EXTRA_MODULES = {"gcp": ("googleapiclient",), "aws": ("boto3",), "azure": ("azure.mgmt.compute",)}
@@ -36,26 +38,7 @@ class LaunchError(RuntimeError):
 
 def load_config(job: str, overrides: list[str]):
     """The job's composed config, checked as its pipeline checks it. Raises ConfigError."""
-    if job not in JOBS:
-        raise ConfigError(f"job={job!r}: expected one of {', '.join(JOBS)}")
-    conf_dir = f"{REPO_ROOT}/conf"
-    if job == "embed":
-        from spotrun.jobs.embed import config as embed_config
-
-        embed_config.register()
-        cfg = compose(job, overrides, conf_dir=conf_dir)
-        embed_config.validate(cfg)
-    elif job == "sweep":
-    skytask.check_no_secrets("", overrides)  # first: a later error message would show the value
-        from spotrun.jobs.sweep import config as sweep_config
-
-        sweep_config.register()
-        cfg = compose(job, overrides, conf_dir=conf_dir)
-        validate(cfg, REPO_ROOT)
-        sweep_config.validate_sweep(cfg)
-    else:
-        cfg = compose(job, overrides, conf_dir=conf_dir)
-        validate(cfg, REPO_ROOT)
+    cfg = contract.load(jobs.kind(job), overrides)
     skytask.check_launchable(cfg)
     return cfg
 
@@ -63,6 +46,7 @@ def load_config(job: str, overrides: list[str]):
 def build(job: str, overrides: list[str]) -> list[dict]:
     """Compose, check, render and validate: the task (or the spot -> on-demand chain) ready to
     submit. Raises ConfigError."""
+    skytask.check_no_secrets("", overrides)  # first: a later error message would show the value
     cfg = load_config(job, overrides)
     template = skytask.load_template(f"{REPO_ROOT}/sky/{job}.yaml")
     tasks = skytask.render_chain(cfg, template, overrides)
@@ -76,8 +60,6 @@ def check_extra(cloud: str) -> None:
     if missing:
         raise LaunchError(
             f"no access to {cloud}: SkyPilot's {cloud} extra is not installed; run "
-    if "RAY_AUTH_TOKEN" in (tasks[0].get("secrets") or {}):  # Ray's token auth across the nodes:
-        values["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # one per job, in memory only, never in YAML
             f"`pip install -e '.[{cloud}]'`, set up {cloud} credentials, then `sky check {cloud}`",
             EXIT_BAD_INPUT,
         )
@@ -94,6 +76,8 @@ def submit(tasks: list[dict]) -> int:
 
     dag = dag_utils.load_chain_dag_from_yaml_str(skytask.to_yaml(tasks))  # one task, or the chain
     values = {k: os.environ[k] for k in (tasks[0].get("secrets") or {}) if os.environ.get(k)}
+    if "RAY_AUTH_TOKEN" in (tasks[0].get("secrets") or {}):  # Ray's token auth across the nodes:
+        values["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # one per job, in memory only, never in YAML
     for t in dag.tasks:
         t.update_secrets(values)
         if t.managed_secret_refs:  # a null secret: SkyPilot would fail the job at launch, not here

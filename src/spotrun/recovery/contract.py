@@ -2,8 +2,9 @@
 
     finished already?  -> say so, exit 0           (a relaunch of a done run costs nothing)
     fallback at start? -> `fallback` event, exit 0  (the on-demand stage takes over)
-    `launch` event -> Ray up (shielded from SIGTERM) -> the run's notice board -> the job's work
+    the run's lease (a new epoch) -> `launch` event -> Ray up (shielded from SIGTERM) -> the run's notice board -> the job's work
     SIGTERM (any of the job's processes) or a cloud notice -> the job commits what is new -> exit 75
+    a newer attempt took the run's lease -> this one writes nothing more -> exit 76
     the notice's time runs out first -> `preempted_timeout`, exit 75 without it
     the work raised without a notice -> `failed` event, exit 1;   a user mistake -> one line, exit 2
 
@@ -14,7 +15,9 @@ The work is a `SpotJob`: a run name, a storage, and three methods.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -31,6 +34,7 @@ from spotrun.core.events import EventLog, read_events
 from spotrun.core.paths import CONF_DIR
 from spotrun.core.storage import Storage
 from spotrun.recovery import fallback, shield
+from spotrun.recovery.lease import Lease, Superseded, stand_down
 from spotrun.recovery.notices import create_board
 from spotrun.recovery.runtime import init_ray, placement, shutdown_ray
 
@@ -47,6 +51,7 @@ class Attempt:
     notice: shield.Notice
     grace_s: float  # seconds from the notice to the forced exit
     history: list[dict] = field(default_factory=list)  # read at launch only when a fallback may need it
+    lease: Lease | None = None  # this attempt's epoch: a newer one means stop (exit 76)
     board: object = None  # the run's NoticeBoard actor, once Ray is up
     posted: dict | None = None  # what a worker posted to the board (a cloud notice, the deadline)
 
@@ -123,17 +128,24 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float) -> int:
     if done is not None:
         print(f"spotrun: run {job.run_name!r} already finished: {done}; pick a new run.name to run again")
         return EXIT_OK
+    lease = Lease.acquire(job.storage, job.run_name, holder=f"{socket.gethostname()}:{os.getpid()}")
+    job.storage = job.storage.fenced(lease)  # every write of this attempt checks it holds the run
     events = EventLog(job.storage, job.run_name, source="driver")
     history = read_events(job.storage, job.run_name) if fallback.active(cfg) else []
     handover = fallback.reason_at_start(cfg, history, time.time())
     if handover:
         return hand_over(events, job.run_name, handover)
-    history.append(events.emit("launch", started_ts=round(started_ts, 3), **placement(cfg)))
-    attempt = Attempt(cfg, job.run_name, events, notice, cfg.cloud.notice_s - NOTICE_MARGIN_S, history)
+    history.append(
+        events.emit("launch", started_ts=round(started_ts, 3), epoch=lease.epoch, **placement(cfg))
+    )
+    grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
+    attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
     notice.on_notice(lambda ts: _start_deadline(attempt))
     outcome, error = _work(job, attempt)
     if outcome.finished:
         return EXIT_OK
+    if isinstance(error, Superseded) or not lease.current(0):
+        return stand_down(lease, events)
     if attempt.noticed():
         return _preempted(job, attempt, outcome)
     events.emit("failed", error=_first_line(error) if error else "the work ended unfinished")
@@ -190,7 +202,8 @@ def _start_deadline(attempt: Attempt) -> None:
     sys.stderr.write("spotrun: preemption notice: committing what is new, then exiting\n")
 
     def expire():
-        attempt.events.emit("preempted_timeout", waited_s=attempt.grace_s)
+        with contextlib.suppress(Exception):  # nothing may keep this exit from happening
+            attempt.events.emit("preempted_timeout", waited_s=attempt.grace_s)
         sys.stderr.write("spotrun: notice deadline reached; exiting before the commit finished\n")
         sys.stderr.flush()
         os._exit(EXIT_PREEMPTED)

@@ -8,6 +8,7 @@ import os
 import re
 
 import ray
+from omegaconf import OmegaConf
 
 from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
 from spotrun.recovery import shield
@@ -85,12 +86,13 @@ def placement(cfg) -> dict:
     info = {}
     with contextlib.suppress(ValueError):
         info = json.loads(os.environ.get("SKYPILOT_CLUSTER_INFO") or "{}")
-    lo, hi = worker_range(cfg.trainer.num_workers)
+    # a job without Ray Train workers (embed, a toy job) bills its nodes
+    lo, hi = worker_range(OmegaConf.select(cfg, "trainer.num_workers", default=1))
     gpus = int(os.environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0) * int(
         os.environ.get("SKYPILOT_NUM_NODES") or 1
     )
     accelerators = list(cfg.cloud.get("accelerators") or [])
-    use_gpu = bool(cfg.trainer.use_gpu)
+    use_gpu = bool(OmegaConf.select(cfg, "trainer.use_gpu", default=False))
     return {
         "cloud": str(info.get("cloud", cfg.cloud.name)).lower(),
         "region": info.get("region"),

@@ -2,15 +2,14 @@
 one shard per batch, each committed by the actor that computed it) -> tiny acks back to the driver.
 
 A reclaim costs at most the shards in flight (one per actor): every committed shard is skipped on
-relaunch. On SIGTERM the actors stop taking new shards, in-flight shards commit, and the job exits 75.
+relaunch. On a notice (SIGTERM to any of the job's processes, under the spot contract) the actors
+stop taking new shards, in-flight shards commit, and the job exits 75.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
 import time
 import uuid
 
@@ -19,13 +18,16 @@ import ray
 from tqdm import tqdm
 
 from spotrun.core import config as C
+from spotrun.core.errors import ConfigError
 from spotrun.core.events import EventLog
-from spotrun.core.storage import Storage
+from spotrun.core.paths import REPO_ROOT
+from spotrun.core.storage import Storage, storage_from_cfg
+from spotrun.jobs.embed import config as embed_config
 from spotrun.jobs.embed.ledger import ShardLedger, shard_bounds
-from spotrun.recovery.notices import NAMESPACE, board_name, create_board, install_sigterm
-from spotrun.recovery.runtime import init_ray
-
-NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
+from spotrun.recovery import shield
+from spotrun.recovery.contract import JobKind, Outcome, register
+from spotrun.recovery.notices import NAMESPACE, board_name
+from spotrun.recovery.runtime import resolve_run_name
 
 
 class Embedder:
@@ -49,7 +51,7 @@ class Embedder:
         if len(shards) != 1:  # one block per shard and whole blocks as batches: never happens
             raise RuntimeError(f"a batch spans shards {shards}")
         shard = shards[0]
-        if ray.get(self.board.get.remote()) is not None:  # a reclaim notice: take no new shard
+        if shield.sigterm_pending() or ray.get(self.board.get.remote()) is not None:  # take no new shard
             return pa.table({"shard": [shard], "rows": [0]})
         if self.opts["trace"]:
             self.ledger.trace_attempt(shard, uuid.uuid4().hex[:8])
@@ -152,69 +154,99 @@ def summary_line(run_name, rows, seconds, skipped, uri) -> str:
     )
 
 
-def run_embed(cfg, storage: Storage, run_name: str, model_path: str, corpus: pa.Table) -> int:
-    """Embed every pending shard, verify, write the final manifest. Exit code per spotrun.core.config."""
-    t0, e = time.time(), cfg.embed
-    ledger, events = ShardLedger(storage, run_name), EventLog(storage, run_name, source="driver")
-    uri = f"{storage.uri}/{run_name}/embeddings"
-    if ledger.is_finished():
-        print(f"spotrun: run {run_name!r} already finished; output {uri}; pick a new run.name to embed again")
-        return C.EXIT_OK
-    bounds = shard_bounds(len(corpus), e.shard_rows)
-    done = ledger.done_shards()
-    pending = [(i, a, b) for i, (a, b) in enumerate(bounds) if i not in done]
-    events.emit("resume" if done else "start", shards=len(bounds), shards_done=len(done), rows=len(corpus))
-    print(f"spotrun: run {run_name!r}: {len(pending)} of {len(bounds)} shards to embed -> {uri}")
-    rows, noticed = 0, threading.Event()
-    try:
-        if pending:
-            rows = _run_ray(cfg, storage, run_name, model_path, corpus, pending, noticed, events)
-    except Exception as err:  # noqa: BLE001 - any failure of the job ends in the same exit path
-        if not noticed.is_set():
-            events.emit("failed", error=str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
-            print(f"spotrun: run {run_name!r} failed: {err}", file=sys.stderr)
-            return C.EXIT_FAILED
-    seconds = time.time() - t0
-    stats = {"rows_embedded": rows, "seconds": round(seconds, 2), "shards_skipped": len(done)}
-    left = len(bounds) - len(ledger.done_shards()) if noticed.is_set() else 0
-    if left:  # a notice that came after the last shard committed changes nothing: finish
-        events.emit("preempted", **stats, shards_left=left)
-        print(summary_line(run_name, rows, seconds, len(done), uri))
+class EmbedJob:
+    """The embedding job's work under the spot contract (spotrun.recovery.contract)."""
+
+    def __init__(self, cfg, storage: Storage, run_name: str, model_path: str, corpus: pa.Table):
+        self.cfg, self.storage, self.run_name = cfg, storage, run_name
+        self.model_path, self.corpus = model_path, corpus
+        self.bounds = shard_bounds(len(corpus), cfg.embed.shard_rows)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.storage.uri}/{self.run_name}/embeddings"
+
+    def finished(self) -> str | None:
+        return f"output {self.uri}" if ShardLedger(self.storage, self.run_name).is_finished() else None
+
+    def committed(self) -> str | None:
+        done = len(ShardLedger(self.storage, self.run_name).done_shards())
+        return f"{done} of {len(self.bounds)} shards" if done else None
+
+    def run(self, attempt) -> Outcome:
+        """Embed every pending shard, verify, write the final manifest."""
+        t0, ledger = time.time(), ShardLedger(self.storage, self.run_name)
+        events = EventLog(self.storage, self.run_name, source="driver")
+        done = ledger.done_shards()
+        pending = [(i, a, b) for i, (a, b) in enumerate(self.bounds) if i not in done]
+        kind = "resume" if done else "start"
+        events.emit(kind, shards=len(self.bounds), shards_done=len(done), rows=len(self.corpus))
         print(
-            f"spotrun: preempted; in-flight shards committed, {left} left; exit {C.EXIT_PREEMPTED} (relaunch me)"
+            f"spotrun: run {self.run_name!r}: {len(pending)} of {len(self.bounds)} shards to embed -> {self.uri}"
         )
-        return C.EXIT_PREEMPTED
-    code = finish(ledger, corpus, len(bounds), events, stats)
-    print(summary_line(run_name, rows, time.time() - t0, len(done), uri))
-    return code
+        rows = self._embed(pending) if pending else 0
+        seconds = time.time() - t0
+        stats = {"rows_embedded": rows, "seconds": round(seconds, 2), "shards_skipped": len(done)}
+        print(summary_line(self.run_name, rows, seconds, len(done), self.uri))
+        left = len(self.bounds) - len(ledger.done_shards())
+        if left and attempt.noticed():  # a notice after the last shard committed changes nothing
+            events.emit("preemption_notice", source="sigterm", notice_ts=round(attempt.notice.ts, 3))
+            events.emit("preempted", **stats, shards_left=left, saved=True)
+            return Outcome(saved=f"in-flight shards committed, {left} of {len(self.bounds)} left")
+        if left:
+            raise RuntimeError(f"{left} shards left unembedded without a notice")
+        if finish(ledger, self.corpus, len(self.bounds), events, stats) != C.EXIT_OK:
+            raise RuntimeError("verification failed")
+        return Outcome(finished=True)
+
+    def _embed(self, pending) -> int:
+        """Stream the pending shards through the actor pool; rows embedded in this launch."""
+        quiet_ray_data()
+        total, left = len(self.corpus), sum(b - a for _, a, b in pending)
+        bar = tqdm(
+            total=total,
+            initial=total - left,
+            unit="rows",
+            disable=not self.cfg.logger.progress,
+            mininterval=1,
+        )
+        try:
+            ds = build_dataset(
+                self.corpus, pending, self.model_path, self.storage, self.run_name, self.cfg.embed
+            )
+            return embed_pending(ds, bar)
+        finally:
+            bar.close()
 
 
-def _run_ray(cfg, storage, run_name, model_path, corpus, pending, noticed, events) -> int:
-    """Start Ray, stream the pending shards through the actor pool; rows embedded in this launch."""
-    init_ray()
-    quiet_ray_data()
-    board = create_board(run_name)
-    grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
+def prepare(cfg) -> EmbedJob:
+    """Run name, model, storage, the corpus loaded and checked against the run's plan; before Ray."""
+    from spotrun.core.models import check_model
+    from spotrun.jobs.embed.corpus import load_corpus
+    from spotrun.jobs.embed.ledger import fingerprint
 
-    def on_notice():
-        noticed.ts = time.time()
-        noticed.set()
-        sys.stderr.write("spotrun: SIGTERM: committing the shards in flight, taking no new ones\n")
+    run_name = resolve_run_name(cfg)
+    model_path = check_model(cfg.embed.model)
+    storage = storage_from_cfg(cfg, REPO_ROOT)
+    unreachable = storage.probe()
+    if unreachable:
+        raise ConfigError(
+            f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
+        )
+    e = cfg.embed
+    corpus = load_corpus(e, REPO_ROOT, cfg.storage.endpoint, cfg.storage.region)
+    plan = {"rows": len(corpus), "shard_rows": e.shard_rows, "fingerprint": fingerprint(corpus)}
+    plan |= {"text_column": e.text_column, "id_column": e.id_column, "model": e.model.name}
+    ShardLedger(storage, run_name).ensure_plan(plan)
+    return EmbedJob(cfg, storage, run_name, model_path, corpus)
 
-    def on_deadline():
-        events.emit("preempted_timeout", waited_s=grace_s)
-        sys.stderr.write("spotrun: notice deadline reached; exiting with shards in flight\n")
-        os._exit(C.EXIT_PREEMPTED)
 
-    install_sigterm(board, grace_s, on_notice, on_deadline)
-    total, left = len(corpus), sum(b - a for _, a, b in pending)
-    bar = tqdm(total=total, initial=total - left, unit="rows", disable=not cfg.logger.progress, mininterval=1)
-    try:
-        ds = build_dataset(corpus, pending, model_path, storage, run_name, cfg.embed)
-        rows = embed_pending(ds, bar)
-    finally:
-        bar.close()
-        ray.shutdown()
-    if noticed.is_set():
-        events.emit("preemption_notice", source="sigterm", notice_ts=round(noticed.ts, 3))
-    return rows
+KIND = register(
+    JobKind(
+        name="embed",
+        check=embed_config.validate,
+        prepare=prepare,
+        schema=embed_config.register,
+        summary="embed a corpus with Ray Data; every committed shard survives a reclaim",
+    )
+)

@@ -90,7 +90,9 @@ class ShardLedger:
         return {int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".json")}
 
     def commit(self, shard: int, ids: pa.Array, vectors, compression: str) -> dict:
-        """Write a shard's parquet, then its manifest (the commit point). Idempotent."""
+        """Write a shard's parquet, then its manifest (the commit point). Idempotent. A superseded
+        attempt (a newer one holds the run's lease) writes neither."""
+        self.storage.check_fence(fresh=True)
         dim = int(vectors.shape[1])
         flat = pa.array(vectors.astype("float32", copy=False).reshape(-1), type=pa.float32())
         table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
@@ -106,6 +108,7 @@ class ShardLedger:
             "sha256": hashlib.sha256(data).hexdigest(),
             "committed": time.time(),
         }
+        self.storage.check_fence(fresh=True)
         self._write_json(f"shard-{shard:05d}.json", manifest)
         return manifest
 

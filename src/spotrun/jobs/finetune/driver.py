@@ -18,6 +18,7 @@ from spotrun.jobs.finetune.outputs import final_dir, is_finished, read_final_met
 from spotrun.recovery import fallback
 from spotrun.recovery.checkpoint import CheckpointStore
 from spotrun.recovery.contract import JobKind, Outcome, register
+from spotrun.recovery.lease import JOB_KEY
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
@@ -88,6 +89,7 @@ class FinetuneJob:
 
     def run(self, attempt) -> Outcome:
         job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path)
+        job[JOB_KEY] = attempt.lease.epoch  # the workers fence their writes with it
         print(f"spotrun: run {self.run_name!r} in {self.storage.path(self.run_name)}")
         result = build_trainer(self.cfg, self.run_name, self.storage, job).fit()
         last = result.metrics or {}

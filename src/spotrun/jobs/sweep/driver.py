@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -25,15 +24,18 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from spotrun.core import config as C
+from spotrun.core.config import validate
 from spotrun.core.events import read_events
+from spotrun.core.paths import REPO_ROOT
 from spotrun.core.storage import open_storage, storage_from_cfg
 from spotrun.jobs.finetune.driver import build_trainer, job_spec
 from spotrun.jobs.finetune.outputs import is_finished, read_final_metrics
+from spotrun.jobs.sweep.config import register as register_schema
+from spotrun.jobs.sweep.config import validate_sweep
 from spotrun.jobs.sweep.results import write_results
+from spotrun.recovery.contract import JobKind, Outcome, register
 from spotrun.recovery.notices import NAMESPACE, NoticeBoard, board_name
-from spotrun.recovery.runtime import init_ray
 
-NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
 TRIAL_MEMORY = 1 << 20  # bytes; a token request (see run_sweep)
 
 
@@ -173,35 +175,27 @@ def _in_flight() -> list[str]:
     return [n[len(prefix) :] for n in names if n.startswith(prefix)]
 
 
-def install_sigterm(trials, grace_s: float) -> None:
-    """On SIGTERM: post a notice to every running trial, wait (at most `grace_s`) until each has
-    committed its checkpoint or finished, then exit 75. A restored sweep resumes them."""
+def drain(trials, grace_s: float, events) -> None:
+    """At a notice: post it to every running trial, wait (at most `grace_s`) until each has committed
+    its checkpoint or finished, then exit 75 without Ray's teardown: Tune would take the trials that
+    returned for finished ones, and the restored sweep must pick them up from here."""
+    t0, running = time.time(), _in_flight()
+    for name in running:
+        ray.get_actor(board_name(name), namespace=NAMESPACE).post.remote("sigterm", grace_s)
 
-    def drain():
-        t0, running = time.time(), _in_flight()
-        for name in running:
-            ray.get_actor(board_name(name), namespace=NAMESPACE).post.remote("sigterm", grace_s)
+    def settled(name: str) -> bool:
+        kinds = {e["kind"] for e in read_events(trials, name) if e["ts"] >= t0}
+        return bool(kinds & {"preempted", "finish"})
 
-        def settled(name: str) -> bool:
-            kinds = {e["kind"] for e in read_events(trials, name) if e["ts"] >= t0}
-            return bool(kinds & {"preempted", "finish"})
-
-        while time.time() - t0 < grace_s and not all(settled(n) for n in running):
-            time.sleep(0.5)
-        done = sum(settled(n) for n in running)
-        sys.stderr.write(f"spotrun: {done}/{len(running)} running trials checkpointed; exit 75\n")
-        sys.stderr.flush()
-        os._exit(C.EXIT_PREEMPTED)  # no Ray teardown: the restored sweep picks up from here
-
-    def handler(signum, frame):
-        if not getattr(handler, "fired", False):
-            handler.fired = True
-            sys.stderr.write("spotrun: SIGTERM: checkpointing the running trials, then exiting 75\n")
-            threading.Thread(target=drain, daemon=True).start()
-            # Whatever the drain is waiting on, the driver is gone by the notice's deadline.
-            threading.Timer(grace_s + 2, os._exit, args=(C.EXIT_PREEMPTED,)).start()
-
-    signal.signal(signal.SIGTERM, handler)
+    while time.time() - t0 < grace_s and not all(settled(n) for n in running):
+        time.sleep(0.5)
+    done = sum(settled(n) for n in running)
+    with contextlib.suppress(Exception):  # nothing may keep this exit from happening
+        events.emit("preemption_notice", source="sigterm", notice_ts=round(t0, 3))
+        events.emit("preempted", saved=bool(done), trials_committed=done, trials_running=len(running))
+    sys.stderr.write(f"spotrun: preempted; {done}/{len(running)} running trials committed; exit 75\n")
+    sys.stderr.flush()
+    os._exit(C.EXIT_PREEMPTED)
 
 
 def reap_orphaned_placement_groups(every_s: float = 5.0) -> None:
@@ -228,29 +222,66 @@ def reap_orphaned_placement_groups(every_s: float = 5.0) -> None:
         time.sleep(every_s)
 
 
-def run_sweep(cfg: DictConfig, repo_root: str, run_name: str, model_path: str, found: dict) -> int:
-    """Run (or restore) the sweep; write the results. Returns the exit code."""
-    storage = storage_from_cfg(cfg, repo_root)
-    run_uri = f"{storage.uri}/{run_name}"
-    spec = {"cfg": trial_cfg(cfg, run_uri), "repo_root": repo_root, "model_path": model_path}
-    spec["metric"] = cfg.sweep.metric
-    trials = open_storage(spec["cfg"]["storage"]["root"], repo_root, cfg.storage.endpoint, cfg.storage.region)
-    init_ray()
-    threading.Thread(target=reap_orphaned_placement_groups, daemon=True).start()
-    # The trial function only waits on its TorchTrainer: it takes no CPU, its workers take them.
-    # (Tune refuses an all-zero request, so it asks for a token 1 MiB of memory instead.)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
-    )
-    install_sigterm(trials, cfg.cloud.notice_s - NOTICE_MARGIN_S)
-    print(f"spotrun: sweep {run_name!r} in {run_uri}")
-    try:
-        # keyed by the run's full URI: the same run name under another storage root is another sweep
-        state_dir = os.path.join(
-            repo_root, ".spotrun", "tune", hashlib.sha256(run_uri.encode()).hexdigest()[:12]
+class SweepJob:
+    """The sweep's work under the spot contract (spotrun.recovery.contract)."""
+
+    def __init__(self, cfg: DictConfig, run_name: str, model_path: str, found: dict):
+        self.cfg, self.run_name, self.model_path, self.found = cfg, run_name, model_path, found
+        self.storage = storage_from_cfg(cfg, REPO_ROOT)
+
+    def finished(self) -> str | None:
+        return None  # a rerun of a finished sweep restores it and rewrites its results: cheap
+
+    def committed(self) -> str | None:
+        return None  # each trial's checkpoints are its own (trials/<trial>/)
+
+    def run(self, attempt) -> Outcome:
+        """Run (or restore) the sweep; write the results."""
+        cfg, run_uri = self.cfg, f"{self.storage.uri}/{self.run_name}"
+        spec = {"cfg": trial_cfg(cfg, run_uri), "repo_root": REPO_ROOT, "model_path": self.model_path}
+        spec["metric"] = cfg.sweep.metric
+        root = spec["cfg"]["storage"]["root"]
+        trials = open_storage(root, REPO_ROOT, cfg.storage.endpoint, cfg.storage.region)
+        threading.Thread(target=reap_orphaned_placement_groups, daemon=True).start()
+        # The trial function only waits on its TorchTrainer: it takes no CPU, its workers take them.
+        # (Tune refuses an all-zero request, so it asks for a token 1 MiB of memory instead.)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, spec=spec), {"cpu": 0, "memory": TRIAL_MEMORY}
         )
-        grid = _tuner(cfg, trainable, found, state_dir, run_name).fit()
-    finally:
-        ray.shutdown()
-    rows = write_results(cfg, grid, storage, trials, run_name, repo_root, trial_run_name)
-    return C.EXIT_OK if rows and all(r["status"] != "error" for r in rows) else C.EXIT_FAILED
+        attempt.notice.on_notice(lambda ts: _drain_in_thread(trials, attempt))
+        print(f"spotrun: sweep {self.run_name!r} in {run_uri}")
+        # keyed by the run's full URI: the same run name under another storage root is another sweep
+        key = hashlib.sha256(run_uri.encode()).hexdigest()[:12]
+        state_dir = os.path.join(REPO_ROOT, ".spotrun", "tune", key)
+        grid = _tuner(cfg, trainable, self.found, state_dir, self.run_name).fit()
+        rows = write_results(cfg, grid, self.storage, trials, self.run_name, REPO_ROOT, trial_run_name)
+        if not rows or any(r["status"] == "error" for r in rows):
+            raise RuntimeError(f"{sum(r['status'] == 'error' for r in rows)} of {len(rows)} trials failed")
+        return Outcome(finished=True)
+
+
+def _drain_in_thread(trials, attempt) -> None:
+    threading.Thread(target=drain, args=(trials, attempt.grace_s, attempt.events), daemon=True).start()
+
+
+def prepare(cfg: DictConfig) -> SweepJob:
+    from spotrun.jobs.finetune.preflight import preflight
+
+    run_name, model_path = preflight(cfg, REPO_ROOT)
+    return SweepJob(cfg, run_name, model_path, validate_sweep(cfg))
+
+
+def _check(cfg: DictConfig) -> None:
+    validate(cfg, REPO_ROOT)
+    validate_sweep(cfg)
+
+
+KIND = register(
+    JobKind(
+        name="sweep",
+        check=_check,
+        prepare=prepare,
+        schema=register_schema,
+        summary="hyperparameter sweep with Ray Tune; every trial is a fine-tune that resumes",
+    )
+)
