@@ -76,3 +76,50 @@ def test_summary_of_a_run_with_one_hard_kill():
     assert 0 < c["effective_saving"] < c["discount"]
     assert observed_mtbr(_run_with_one_hard_kill()) == pytest.approx(64.0)
     assert "| 1 | hard | 20 | 16 | 4 |" in markdown(s)
+
+
+def _phased(events: list[dict], offsets: list[dict]) -> list[dict]:
+    """The run above, each attempt's first_step carrying its restart budget (seconds from its start)."""
+    firsts = iter(offsets)
+    return [{**e, "phases": next(firsts)} if e["kind"] == "first_step" else e for e in events]
+
+
+def test_restart_budget_per_attempt_and_in_total_next_to_lost_work():
+    fresh = {"config": 1.0, "ray": 4.0, "fit": 4.5, "workers": 6.0, "model": 8.0, "first_step": 10.0}
+    # the relaunch: marks out of order by clock skew clamp to 0; an unknown mark is ignored
+    again = {"config": 0.5, "ray": 3.0, "workers": 2.5, "restored": 6.0, "first_step": 9.0, "odd": 1.0}
+    s = summarize("r", _phased(_run_with_one_hard_kill(), [fresh, again]))
+    a1, a2 = s.attempts
+    assert a1["phases"] == {
+        "config": 1.0,
+        "ray": 3.0,
+        "fit": 0.5,
+        "workers": 1.5,
+        "model": 2.0,
+        "first_step": 2.0,
+    }
+    assert a2["phases"] == {"config": 0.5, "ray": 2.5, "workers": 0.0, "restored": 3.0, "first_step": 3.0}
+    assert sum(a1["phases"].values()) == pytest.approx(a1["to_first_step_s"]) == 10.0
+    assert sum(a2["phases"].values()) == pytest.approx(a2["to_first_step_s"]) == 9.0
+    assert a1["resumed_step"] is None and "lost_steps" not in a1
+    assert (a2["resumed_step"], a2["lost_steps"], a2["restart_s"]) == (16, 4, 11.0)
+    assert s.phases_total == {
+        "config": 1.5,
+        "ray": 5.5,
+        "fit": 0.5,
+        "workers": 1.5,
+        "model": 2.0,
+        "restored": 3.0,
+        "first_step": 5.0,
+    }
+    md = markdown(s)
+    assert "| Ray up | 3.0 | 2.5 | 5.5 |" in md
+    assert "| checkpoint found, verified, loaded |  | 3.0 | 3.0 |" in md
+    assert "| **start -> first step** | 10.0 | 9.0 | 19.0 |" in md
+    assert "| steps lost (recomputed) |  | 4 | 4 |" in md
+
+
+def test_attempts_without_phases_print_no_budget():
+    s = summarize("r", _run_with_one_hard_kill())
+    assert [a.get("phases") for a in s.attempts] == [None, None] and s.phases_total == {}
+    assert "phase (s)" not in markdown(s)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from spotrun.core import cost
 from spotrun.core.events import read_events
 from spotrun.core.storage import open_storage, split_run_uri
-from spotrun.recovery.history import REACHED, RunSummary, summarize
+from spotrun.recovery.history import PHASES, REACHED, RunSummary, summarize
 
 
 def markdown(s: RunSummary) -> str:
@@ -69,7 +69,28 @@ def markdown(s: RunSummary) -> str:
             lines.append(
                 f"| {i} | {r['kind']} | {r['from_step']} | {r['resumed_step']} | {r['lost_steps']} | {r['restart_s']} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + phases_table(s)) + "\n"
+
+
+def phases_table(s: RunSummary) -> list[str]:
+    """The restart budget: seconds per phase, per attempt and in total, next to what each restart lost."""
+    timed = [a for a in s.attempts if a.get("phases")]
+    if not timed:
+        return []
+    cols = [f"attempt {a['attempt']}" for a in timed]
+    lines = ["", f"| phase (s) | {' | '.join(cols)} | total |", "|---" * (len(cols) + 2) + "|"]
+    cell = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+    for name, label in PHASES:
+        if name in s.phases_total:
+            vals = [cell(a["phases"].get(name)) for a in timed]
+            lines.append(f"| {label} | {' | '.join(vals)} | {cell(s.phases_total[name])} |")
+    total = sum(a.get("to_first_step_s") or 0.0 for a in timed)
+    lines.append(
+        f"| **start -> first step** | {' | '.join(cell(a.get('to_first_step_s')) for a in timed)} | {cell(total)} |"
+    )
+    lost = [str(a.get("lost_steps", "")) for a in timed]
+    lines.append(f"| steps lost (recomputed) | {' | '.join(lost)} | {s.lost_steps} |")
+    return lines
 
 
 def _stale(x: dict) -> str:

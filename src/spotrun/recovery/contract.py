@@ -54,6 +54,9 @@ class Attempt:
     lease: Lease | None = None  # this attempt's epoch: a newer one means stop (exit 76)
     board: object = None  # the run's NoticeBoard actor, once Ray is up
     posted: dict | None = None  # what a worker posted to the board (a cloud notice, the deadline)
+    # the restart budget: unix time at the end of each driver phase (spotrun.recovery.history.PHASES);
+    # the job carries it to its workers, whose rank 0 adds its own and records them with the first step
+    phases: dict[str, float] = field(default_factory=dict)
 
     def noticed(self) -> bool:
         return self.notice.is_set()
@@ -115,13 +118,21 @@ def main(kind: JobKind, overrides: list[str], started_ts: float | None = None) -
     """A job's whole entry point: compose, check, prepare, run under the contract. The exit code."""
     notice = shield.arm()
     started_ts = started_ts or time.time()
-    job = user_errors(lambda: kind.prepare(load(kind, overrides)))()
+    phases = {"start": started_ts}
+
+    def prepared() -> SpotJob:
+        cfg = load(kind, overrides)
+        phases["config"] = time.time()
+        return kind.prepare(cfg)
+
+    job = user_errors(prepared)()
     if isinstance(job, int):  # a user mistake, already printed as one line
         return job
-    return run(job, notice, started_ts)
+    phases["prepared"] = time.time()
+    return run(job, notice, started_ts, phases)
 
 
-def run(job: SpotJob, notice: shield.Notice, started_ts: float) -> int:
+def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | None = None) -> int:
     """One attempt of `job` under the contract. Returns the exit code."""
     cfg = job.cfg
     done = job.finished()
@@ -140,6 +151,7 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float) -> int:
     )
     grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
     attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
+    attempt.phases = {"start": started_ts, **(phases or {}), "lease": time.time()}
     notice.on_notice(lambda ts: _start_deadline(attempt))
     outcome, error = _work(job, attempt)
     if outcome.finished:
@@ -159,7 +171,8 @@ def _work(job: SpotJob, attempt: Attempt) -> tuple[Outcome, BaseException | None
         return Outcome(), None
     try:
         init_ray()
-        attempt.board = create_board(attempt.run_name)
+        attempt.phases["ray"] = time.time()
+        attempt.board = create_board(attempt.run_name)  # its actor starts while the job builds its work
         attempt.notice.on_notice(lambda ts: attempt.board.post.remote("sigterm", attempt.grace_s))
         if attempt.noticed():
             return Outcome(), None

@@ -13,6 +13,22 @@ from spotrun.core import cost
 
 PROGRESS = ("first_step", "heartbeat")  # steps reached, timed right at the step
 REACHED = (*PROGRESS, "checkpoint", "preempted", "finish")
+# An attempt's restart budget, in order: each phase ends at its mark, recorded as seconds from the
+# attempt's start in its `first_step` event's `phases` (the driver's marks travel to rank 0 with the job).
+PHASES = (
+    ("config", "compose + check the config"),
+    ("prepared", "preflight: model + data found"),
+    ("lease", "lease + launch event"),
+    ("ray", "Ray up"),
+    ("fit", "notice board + job handed to Ray Train"),
+    ("workers", "Train controller + worker processes"),
+    ("imports", "worker imports (torch, transformers, spotrun)"),
+    ("loop", "Ray Train worker set-up (process group)"),
+    ("model", "task + model + optimizer built"),
+    ("restored", "checkpoint found, verified, loaded"),
+    ("ready", "logger, start/resume event, DDP wrap, notice check"),
+    ("first_step", "the first step"),
+)
 
 
 @dataclass
@@ -22,6 +38,7 @@ class Restart:
     resumed_step: int
     restart_s: float = 0.0  # reclaim -> next first step
     kind: str = "unknown"
+    attempt: int = 0  # the attempt (1 = the first launch) that resumed
 
     @property
     def lost_steps(self) -> int:
@@ -48,6 +65,8 @@ class RunSummary:
     fallback: str | None = None  # why the run moved to on-demand (spotrun.recovery.fallback), if it did
     superseded: list[dict] = field(default_factory=list)  # stale attempts fenced off (recovery.lease)
     restarts: list[dict] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)  # per attempt: its phases (seconds each)
+    phases_total: dict = field(default_factory=dict)  # seconds per phase, over all attempts
     cost: dict = field(default_factory=dict)
 
 
@@ -70,9 +89,10 @@ def _step_seconds(events: list[dict]) -> float:
 
 def _restarts(events: list[dict]) -> list[Restart]:
     out: list[Restart] = []
-    furthest, last_ts, reclaim, pending = 0, None, None, None
+    furthest, last_ts, reclaim, pending, attempt = 0, None, None, None, 0
     for e in events:
         k = e["kind"]
+        attempt += k == "launch"
         if k in ("reclaim", "preemption_notice") and reclaim is None:
             reclaim = e
         elif k == "resume" or (k == "start" and last_ts is not None and furthest > 0):
@@ -80,7 +100,7 @@ def _restarts(events: list[dict]) -> list[Restart]:
             e = {**e, "step": e.get("step", 0)}
             at = reclaim["ts"] if reclaim else (last_ts or e["ts"])
             kind = reclaim.get("reclaim", reclaim.get("source", "notice")) if reclaim else "unannounced"
-            pending = Restart(at, furthest, e["step"], kind=kind)
+            pending = Restart(at, furthest, e["step"], kind=kind, attempt=attempt)
             out.append(pending)
             furthest, reclaim = e["step"], None
         elif k == "first_step" and pending is not None:
@@ -90,6 +110,41 @@ def _restarts(events: list[dict]) -> list[Restart]:
         if k != "reclaim":
             last_ts = e["ts"]
     return out
+
+
+def phase_seconds(offsets: dict[str, float]) -> dict[str, float]:
+    """Seconds spent in each phase, from the marks' offsets (phases not recorded are skipped)."""
+    out, prev = {}, 0.0
+    for name, _ in PHASES:
+        if name in offsets:
+            out[name] = round(max(0.0, offsets[name] - prev), 3)
+            prev = max(prev, offsets[name])
+    return out
+
+
+def _attempts(events: list[dict], restarts: list[Restart]) -> list[dict]:
+    """One row per launch: its phases up to the first step, and what its restart lost."""
+    rows: list[dict] = []
+    for e in events:
+        if e["kind"] == "launch":
+            rows.append({"attempt": len(rows) + 1, "epoch": e.get("epoch"), "resumed_step": None})
+        elif rows and e["kind"] == "resume":
+            rows[-1]["resumed_step"] = e.get("step")
+        elif rows and e["kind"] == "first_step" and "phases" in e and "phases" not in rows[-1]:
+            rows[-1]["phases"] = phase_seconds(e["phases"])
+            rows[-1]["to_first_step_s"] = e["phases"].get("first_step")
+    for r in restarts:
+        if 0 < r.attempt <= len(rows):
+            rows[r.attempt - 1].update(lost_steps=r.lost_steps, restart_s=r.restart_s)
+    return rows
+
+
+def _phase_totals(attempts: list[dict]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for a in attempts:
+        for k, v in a.get("phases", {}).items():
+            total[k] = round(total.get(k, 0.0) + v, 3)
+    return total
 
 
 def _billed_s(events: list[dict]) -> float:
@@ -171,6 +226,8 @@ def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSu
         superseded=_superseded(events),
         restarts=[asdict(r) | {"lost_steps": r.lost_steps} for r in restarts],
     )
+    s.attempts = _attempts(events, restarts)
+    s.phases_total = _phase_totals(s.attempts)
     if prices is not None and launches:
         s.cost = _cost(s, launches[-1], _billed_split(events), prices)
     return s

@@ -4,6 +4,7 @@ contract (spotrun.recovery.contract: the notice, the commit, the exit code)."""
 from __future__ import annotations
 
 import os
+import time
 
 from omegaconf import OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -90,6 +91,7 @@ class FinetuneJob:
     def run(self, attempt) -> Outcome:
         job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path)
         job[JOB_KEY] = attempt.lease.epoch  # the workers fence their writes with it
+        job["phases"] = {**attempt.phases, "fit": time.time()}  # rank 0 records them at its first step
         print(f"spotrun: run {self.run_name!r} in {self.storage.path(self.run_name)}")
         result = build_trainer(self.cfg, self.run_name, self.storage, job).fit()
         last = result.metrics or {}
