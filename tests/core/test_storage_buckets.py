@@ -51,7 +51,8 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     log, name = tmp_path / "log.txt", "s3-notice"
-    args = args_for(s3_server.root, name, ["cloud=aws"])  # S3 on AWS: a 2-minute notice
+    # S3 on AWS: a 2-minute notice; slower steps (same numbers) so the notice lands mid-run
+    args = args_for(s3_server.root, name, ["cloud=aws", "debug.step_sleep_s=0.3"])
     proc = launch(args, log, s3_server.env())
     wait_for(lambda: any(s >= 8 for s in committed(s3_server, name)), proc, what="first commit in S3")
     t0 = time.time()
@@ -71,7 +72,7 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     store.storage.write_bytes(path, bytes(data))
     store.storage.write_bytes(f"{store.dir_for(previous)}/optim.pt", pickle.dumps({"planted": True}))
 
-    assert run(args, log, env=s3_server.env()) == 0, log.read_text()[-3000:]
+    assert run(args[:-1], log, env=s3_server.env()) == 0, log.read_text()[-3000:]  # at full speed
     ev = bucket_events(s3_server, name)
     assert [e["step"] for e in ev if e["kind"] == "checkpoint_skipped"] == [newest]
     assert [e["step"] for e in ev if e["kind"] == "resume"] == [previous]
@@ -99,9 +100,9 @@ def test_gcs_outage_and_kill_mid_upload_then_resume_bit_identical(
 
     proc = launch(args, log, gs_server.env())
     wait_for(lambda: committed(gs_server, name), proc, what="first commit in GCS", interval=1.0)
-    wait_for(uploading, proc, what="an upload in progress")
+    wait_for(uploading, proc, what="an upload in progress", interval=0.05)  # tiny checkpoints upload fast
     gs_server.stop()  # the bucket disappears mid-upload ...
-    time.sleep(15)
+    time.sleep(6)  # 12 steps: a checkpoint falls due during the outage
     gs_server.start()  # ... and comes back with its data
     assert proc.poll() is None  # training went on through the outage
     wait_for(uploading, proc, what="an upload in progress after the outage")

@@ -36,9 +36,10 @@ def test_tiny_run_writes_the_output_contract(reference):
     metrics = json.loads((reference / "final" / "metrics.json").read_text())
     assert metrics["step"] == 40
     assert metrics["after"]["recall_at_1"] >= metrics["before"]["recall_at_1"]
+    model_bytes = (reference / "final" / "model.safetensors").stat().st_size
     for e in events(reference):
-        if e["kind"] == "checkpoint":
-            assert e["bytes"] > 50e6 and e["blocked_s"] < e["write_s"]
+        if e["kind"] == "checkpoint":  # every weight and both AdamW moments, written off the loop
+            assert e["bytes"] > 2.5 * model_bytes and e["blocked_s"] < e["write_s"]
     for ckpt in (reference / "checkpoints").iterdir():
         names = set(json.loads((ckpt / "manifest.json").read_text())["files"])
         assert names == {"model.safetensors", "optim.safetensors", "rng.safetensors", "state.json"}
@@ -70,6 +71,7 @@ def test_world_size_change_keeps_exactly_once_coverage(storage):
         "debug.trace_samples=true",
         "trainer.max_steps=30",
         "checkpoint.every_steps=5",
+        "debug.step_sleep_s=0.2",  # room to reclaim mid-run (the numbers stay the same)
     ]
     log = storage / "log.txt"
     proc = launch([*common, "trainer.num_workers=[1,2]"], log)  # elastic range; gets 2 here

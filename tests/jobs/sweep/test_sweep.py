@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import REPO, events, kill_tree, launch, wait_for
+from conftest import REPO, TINY_MODEL_ARGS, events, kill_tree, launch, wait_for
 
-# The sweep's tiny experiment (4 trials of 20 steps, a checkpoint every 5), smaller evaluation.
-TINY = ["experiment=tiny", "data.eval_size=16"]
+# The sweep's tiny experiment (4 trials of 20 steps, a checkpoint every 5), smaller evaluation, the
+# tiny model of conftest.
+TINY = ["experiment=tiny", "data.eval_size=16", *TINY_MODEL_ARGS]
 
 
 # 15 steps: checkpoints at 5 and 10, so a reclaim always lands mid-trial. The timeout allows for
@@ -25,6 +26,7 @@ def sweep_args(root: Path, name: str, extra: list[str] = ()) -> list[str]:
     return [
         *TINY,
         "trainer.max_steps=15",
+        "debug.step_sleep_s=0.2",  # the tiny model's steps are fast: keep room for a kill mid-trial
         f"storage.root={root}",
         f"run.name={name}",
         f"sweep.export_dir={root}/exp",
