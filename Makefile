@@ -73,9 +73,10 @@ bench: $(STAMP)  ## Benchmarks: print tables, write bench/results/*.json (~1 h o
 	$(PY) -m bench.checkpoint
 	$(PY) -m bench.overhead
 	$(PY) -m bench.startup
-	$(PY) -m bench.embed
+	$(PY) -m bench.restart
+	$(PY) -m bench.embed --rows 20000 100000
 	$(PY) -m bench.lora
-	$(PY) -m bench.goodput
+	$(PY) -m bench.goodput --kinds default
 
 clean:  ## Remove local runs and caches (not .venv)
 	rm -rf runs .spotrun .pytest_cache .ruff_cache bench/results
