@@ -65,7 +65,7 @@ def test_a_sweep_of_the_sft_task_by_eval_loss_finds_a_best_experiment(storage, t
         "model.local_package=null",
         "model.gguf_file=null",
         "data=stdlib_sft",
-        "data.max_length=48",
+        "data.max_length=96",  # the chat template alone takes ~30 tokens
         "data.eval_size=8",
         "trainer.batch_size=2",
         "trainer.max_steps=6",

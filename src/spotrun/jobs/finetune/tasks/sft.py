@@ -83,7 +83,8 @@ class SFTTask:
             loss, n = self._forward(self.model, examples[i : i + bs])
             total, tokens = total + float(loss) * n, tokens + n
         self.model.train(was_training)
-        return {"eval_loss": total / max(tokens, 1)}
+        # no held-out record fits data.max_length: nan (a sweep never ranks it best), not 0
+        return {"eval_loss": total / tokens if tokens else float("nan")}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.model)
