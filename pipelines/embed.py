@@ -1,6 +1,7 @@
 """Embed a corpus with Ray Data; a relaunch skips every shard already committed.
 
     python -m pipelines.embed [experiment=tiny] [embed.input=s3://bucket/corpus/] [run.name=my-run] ...
+    python -m pipelines.embed --help            # config groups and options; --cfg job, --info, -m
 
 Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (relaunch me).
 """
@@ -15,11 +16,12 @@ from spotrun.recovery import shield  # noqa: E402 - stdlib only: armed before th
 shield.arm()  # a notice during start-up is a notice, not a death
 
 from spotrun.jobs.embed.driver import KIND  # noqa: E402
-from spotrun.recovery import contract  # noqa: E402
+from spotrun.recovery import contract, hydra_app  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    return contract.main(KIND, sys.argv[1:] if argv is None else argv, started_ts=STARTED)
+    """A Hydra app (--help, --cfg job, -m ...): each run it describes goes through the spot contract."""
+    return hydra_app.main(KIND, argv, lambda overrides: contract.main(KIND, overrides, started_ts=STARTED))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import time
 from spotrun import jobs
 from spotrun.core.config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ConfigError
 from spotrun.core.paths import REPO_ROOT
-from spotrun.ops import skytask
+from spotrun.core.storage import scheme_of
+from spotrun.ops import buckets, skytask
 from spotrun.recovery import contract
 
 JOBS = tuple(jobs.BUILTIN)
@@ -41,6 +42,18 @@ def load_config(job: str, overrides: list[str]):
     cfg = contract.load(jobs.kind(job), overrides)
     skytask.check_launchable(cfg)
     return cfg
+
+
+def with_bucket(job: str, overrides: list[str]) -> tuple[list[str], str | None]:
+    """The overrides plus `storage.root=<the user's own bucket>` when a cloud launch names no bucket
+    (spotrun.ops.buckets); the bucket chosen, or None. Raises ConfigError."""
+    if any(o.lstrip("+~").split("=", 1)[0] == "storage.root" for o in overrides):
+        return overrides, None  # the user's choice, checked as given
+    cfg = contract.load(jobs.kind(job), overrides)
+    if cfg.cloud.name == "local" or scheme_of(cfg.storage.root) != "file":
+        return overrides, None
+    root = buckets.choose(cfg.cloud.name)
+    return [*overrides, f"storage.root={root}"], root
 
 
 def build(job: str, overrides: list[str]) -> list[dict]:
@@ -157,9 +170,16 @@ def main(argv: list[str]) -> int:
     if not args or args[0].startswith("-") or "=" in args[0]:
         print(f"usage: spotrun launch {{{','.join(JOBS)}}} [--dryrun] [key=value ...]", file=sys.stderr)
         return EXIT_BAD_INPUT
-    job, overrides = args[0], args[1:]
+    return run(args[0], args[1:], dryrun)
+
+
+def run(job: str, overrides: list[str], dryrun: bool = False) -> int:
+    """Build the task, then print it (dry run) or make the bucket, submit and watch. The exit code."""
     try:
+        overrides, chosen = with_bucket(job, overrides)
         tasks = build(job, overrides)
+        if chosen:
+            own_bucket(tasks[0]["envs"]["CLOUD"], chosen, dryrun)
     except ConfigError as e:
         print(f"spotrun: config error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -176,6 +196,23 @@ def main(argv: list[str]) -> int:
         return e.code
     print(follow_hint(job_id, tasks, status))
     return EXIT_OK
+
+
+def own_bucket(cloud: str, root: str, dryrun: bool) -> None:
+    """Say which bucket the launch uses; on a real launch create it if missing and remember it."""
+    if dryrun:
+        print(
+            f"spotrun: storage.root={root} (your {cloud} bucket; a real launch creates it if missing)",
+            file=sys.stderr,
+        )
+        return
+    made = buckets.ensure(root)
+    buckets.remember(cloud, root)
+    print(
+        f"spotrun: storage.root={root} (your {cloud} bucket, {'created' if made else 'found'}; "
+        f"remembered in {buckets.memory_path()})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
