@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import ray
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from spotrun.core.config import compose
 from spotrun.core.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, user_errors
@@ -147,7 +147,14 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
     if handover:
         return hand_over(events, job.run_name, handover)
     history.append(
-        events.emit("launch", started_ts=round(started_ts, 3), epoch=lease.epoch, **placement(cfg))
+        events.emit(
+            "launch",
+            started_ts=round(started_ts, 3),
+            epoch=lease.epoch,
+            job=cfg.run.job,  # `spotrun runs` reads the kind and the goal from the events alone
+            max_steps=OmegaConf.select(cfg, "trainer.max_steps", default=None),
+            **placement(cfg),
+        )
     )
     grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
     attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
