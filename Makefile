@@ -12,7 +12,7 @@ job = $(if $(filter local,$(CLOUD)),$(PY) -m pipelines.$(1) cloud=$(CLOUD) $(ARG
 	$(PY) -m spotrun launch $(1) $(if $(DRYRUN),--dryrun) cloud=$(CLOUD) $(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock finetune sweep embed chaos report test test-fast lint bench clean
+.PHONY: help venv lock finetune sweep embed runs chaos report test test-fast lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ chaos: $(STAMP)  ## Local spot market: reclaim the fine-tune on purpose, relaunc
 
 report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
 	$(PY) -m spotrun report $(RUN) $(ARGS)
+
+runs: $(STAMP)  ## Every run under a storage root (ROOT=runs or s3://..., ARGS="--watch --prometheus FILE")
+	$(PY) -m spotrun runs $(or $(ROOT),runs) $(ARGS)
 
 test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers, ~35-40 min on 2 cores)
 	$(PY) -m pytest $(ARGS)
