@@ -55,6 +55,7 @@ def config_error(root: Path, args: list[str]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
 def test_the_users_own_encoder_folder_is_what_trains(storage, own_encoder):
     args = base(storage, "own", own_encoder, ["trainer.max_steps=8", "checkpoint.every_steps=4"])
     assert run(args, storage / "log.txt") == 0, (storage / "log.txt").read_text()[-3000:]
@@ -74,6 +75,7 @@ def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(stor
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
 def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage, own_encoder):
     extra = ["trainer.max_steps=16", "checkpoint.every_steps=4", "debug.step_sleep_s=0.5"]
     args = base(storage, "fp", own_encoder, extra)
@@ -103,6 +105,7 @@ def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
 def test_classify_task_trains_and_a_sigkilled_run_resumes_bit_identical(storage, own_encoder):
     extra = ["task=classify", "trainer.max_steps=16", "checkpoint.every_steps=4", "trainer.lr=1e-3"]
     log = storage / "ref.txt"
