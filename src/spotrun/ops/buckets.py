@@ -7,6 +7,7 @@ the user name alone would clash with someone else's. The first real launch creat
 does not exist and remembers it in ~/.config/spotrun/buckets.json; every later launch of that user
 uses the remembered one, even from another host name. A dry run only names it.
 Azure: spotrun's storage speaks s3:// and gs:// only, so an Azure launch must name one of those.
+Creating a GCS bucket needs its project: GOOGLE_CLOUD_PROJECT (or CLOUDSDK_CORE_PROJECT).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import pyarrow.fs as pafs
 
 from spotrun.core.errors import ConfigError
-from spotrun.core.storage import open_storage
+from spotrun.core.storage import _endpoint
 
 SCHEME = {"gcp": "gs", "aws": "s3"}
 PREFIX = "runs"  # runs live under <bucket>/runs/, as they do under ./runs locally
@@ -80,13 +81,13 @@ def bucket_of(root: str) -> str:
 def ensure(root: str, endpoint: str | None = None, region: str | None = None) -> bool:
     """Create the bucket of `root` unless it exists; True when it was created. Raises ConfigError
     with the command to run by hand when this account may not create it."""
-    storage = open_storage(root, endpoint=endpoint, region=region or "us-east-1")
+    fs = _creator(root, endpoint, region)
     bucket = bucket_of(root)
     with contextlib.suppress(OSError):  # no right to look: try to create it, which says why
-        if storage.fs.get_file_info(bucket).type != pafs.FileType.NotFound:
+        if fs.get_file_info(bucket).type != pafs.FileType.NotFound:
             return False
     try:
-        storage.fs.create_dir(bucket, recursive=False)
+        fs.create_dir(bucket, recursive=False)
     except OSError as e:
         how = "gcloud storage buckets create" if root.startswith("gs://") else "aws s3 mb"
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -95,3 +96,32 @@ def ensure(root: str, endpoint: str | None = None, region: str | None = None) ->
             f"`{how} {root.split('/runs')[0]}` or pass storage.root=<your bucket>"
         ) from None
     return True
+
+
+def _creator(root: str, endpoint: str | None, region: str | None) -> pafs.FileSystem:
+    """A filesystem allowed to create buckets: pyarrow's S3 refuses unless told so; GCS's
+    bucket creation uses the project of the credentials (or GOOGLE_CLOUD_PROJECT)."""
+    if root.startswith("gs://"):
+        return _gcs_creator(root, endpoint)
+    kwargs = {
+        "allow_bucket_creation": True,
+        "region": region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    ep = _endpoint(endpoint, "AWS_ENDPOINT_URL")  # the same endpoint rules as spotrun.core.storage
+    if ep:
+        kwargs.update(endpoint_override=ep[0], scheme=ep[1])
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _gcs_creator(root: str, endpoint: str | None) -> pafs.FileSystem:
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUDSDK_CORE_PROJECT")
+    if not project:
+        raise ConfigError(
+            f"storage.root={root!r}: set GOOGLE_CLOUD_PROJECT (the project the new bucket belongs to) "
+            f"or pass storage.root=gs://<your bucket>/runs"
+        )
+    kwargs = {"project_id": project}
+    ep = _endpoint(endpoint, "STORAGE_EMULATOR_HOST")
+    if ep:  # emulators take no credentials
+        kwargs.update(endpoint_override=ep[0], scheme=ep[1], anonymous=True)
+    return pafs.GcsFileSystem(**kwargs)

@@ -67,6 +67,7 @@ def _checked(kind: contract.JobKind, args) -> list[str]:
     overrides = job_overrides(kind.name, list(args.overrides), kind.conf_dir)
     if any(getattr(args, f) for f in NO_RUN):
         return overrides
+    _parsed(overrides)  # a malformed override: named, before any compose
     points = _points(overrides) if args.multirun else [overrides]
     swept = _swept_keys(overrides) if args.multirun else set()
     for point in points:
@@ -77,10 +78,14 @@ def _checked(kind: contract.JobKind, args) -> list[str]:
 
 
 def _parsed(overrides: list[str]):
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as e:
-        raise ConfigError(" ".join(str(e).split())[:300]) from None
+    """Hydra's parse of the overrides; a ConfigError naming the first one it cannot read."""
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as e:
+            raise ConfigError(f"{o}: {' '.join(str(e).split())[:240]}") from None
+    return parser.parse_overrides(overrides)
 
 
 def _points(overrides: list[str]) -> list[list[str]]:

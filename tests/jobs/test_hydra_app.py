@@ -1,0 +1,136 @@
+"""The pipelines as Hydra apps, run as a user types them: --help, --cfg job, --info, shell completion,
+mistakes (one line, exit 2), and a two-point multirun of the tiny fine-tune that resumes after a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY, events, kill_tree, launch, pipeline_env, wait_for
+
+from spotrun.recovery.hydra_app import named
+
+
+def pipeline(*args: str, job: str = "finetune", **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{job}", *args],
+        cwd=REPO,
+        env={**pipeline_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.parametrize("job", ["finetune", "sweep", "embed"])
+def test_help_lists_groups_and_usage(job):
+    p = pipeline("--help", job=job)
+    assert p.returncode == 0, p.stderr
+    assert f"python -m pipelines.{job} --cfg job" in p.stdout  # the app's own usage text
+    assert "== Config groups (group=option) ==" in p.stdout
+    assert "cloud: aws, azure, gcp, local" in p.stdout
+    assert "Exit codes: 0 finished" in p.stdout
+
+
+def test_cfg_job_shows_the_override_and_starts_nothing(tmp_path):
+    root = tmp_path / "runs"
+    p = pipeline("--cfg", "job", "experiment=tiny", "trainer.lr=0.000123", f"storage.root={root}")
+    assert p.returncode == 0, p.stderr
+    assert "lr: 0.000123" in p.stdout and "experiment: tiny" in p.stdout
+    assert "hydra:" not in p.stdout  # --cfg job: the job's config only
+    assert not root.exists()  # no run folder, no lease, no Ray
+    assert "Started a local Ray instance" not in p.stdout + p.stderr
+
+
+def test_cfg_for_a_job_with_its_own_experiments():
+    p = pipeline("--cfg", "job", "experiment=tiny", job="sweep")  # conf/sweep/experiment/tiny.yaml
+    assert p.returncode == 0, p.stderr
+    assert "experiment: tiny" in p.stdout
+
+
+def test_info_and_shell_completion():
+    info = pipeline("--info")
+    assert info.returncode == 0 and "Hydra" in info.stdout, info.stderr
+    install = pipeline("--shell-completion", "install=bash")
+    assert install.returncode == 0 and "complete -o nospace" in install.stdout, install.stderr
+    line = "python pipelines/finetune.py trainer.l"
+    query = subprocess.run(
+        [sys.executable, "pipelines/finetune.py", "-sc", "query=bash"],
+        cwd=REPO,
+        env={**pipeline_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "trainer.lr=" in query.stdout.split(), query.stdout + query.stderr
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["trainer.lrr=1"], "trainer.lrr"),  # Hydra's own report would be several lines and exit 1
+        (["-m", "trainer.lr=1e-4,abc"], "trainer.lr"),  # every multirun point is checked first
+        (["--cfg", "job", "trainer.max_steps=0"], "trainer.max_steps"),  # the job's checks run too
+        (["--config-dir=/tmp"], "--config-dir"),
+        (["trainer.lr=[1,"], "trainer.lr"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_2(args, key):
+    p = pipeline(*args)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spotrun: config error:") and key in lines[0], p.stderr
+
+
+def test_multirun_point_names():
+    swept = {"trainer.lr", "seed"}
+    a = named(["trainer.lr=0.0001", "seed=1", "logger=none"], swept, "finetune-tiny")
+    b = named(["trainer.lr=0.0002", "seed=1", "logger=none"], swept, "finetune-tiny")
+    assert a[-1] == "run.name=finetune-tiny-trainer.lr-0.0001_seed-1" and a[-1] != b[-1]
+    odd = named(["data.train_files=a/b.jsonl"], {"data.train_files"}, "ft")[-1]
+    odd2 = named(["data.train_files=a_b.jsonl"], {"data.train_files"}, "ft")[-1]
+    assert odd != odd2 and odd.startswith("run.name=ft-data.train_files-a_b.jsonl-")  # hashed apart
+    long = named([f"model.name={'x' * 300}"], {"model.name"}, "ft")[-1]
+    assert len(long.split("=", 1)[1]) <= 128
+    assert named(["run.name=a", "seed=1"], {"run.name"}, "ft") == ["run.name=a", "seed=1"]
+
+
+@pytest.mark.slow
+def test_multirun_of_two_points_resumes_after_a_kill(tmp_path):
+    root = tmp_path / "runs"
+    args = [
+        "-m",
+        *TINY,
+        f"storage.root={root}",
+        "trainer.max_steps=20",
+        "checkpoint.every_steps=5",
+        "debug.step_sleep_s=0.3",  # room to kill the second point mid-run
+        "seed=1,2",
+    ]
+    first, second = root / "finetune-tiny-seed-1", root / "finetune-tiny-seed-2"
+    log = tmp_path / "log.txt"
+    proc = launch(args, log)
+    try:
+        wait_for(lambda: any(e["kind"] == "checkpoint" for e in events(second)), proc, what="point 2 commits")
+    finally:
+        kill_tree(proc)  # SIGKILL the multirun's whole process group
+    assert any(e["kind"] == "finish" for e in events(first)), log.read_text()[-3000:]
+    assert not any(e["kind"] == "finish" for e in events(second))
+    launches_before = sum(e["kind"] == "launch" for e in events(first))
+
+    proc = launch(args, log)  # the same command again
+    try:
+        assert proc.wait(timeout=500) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    text = log.read_text()
+    assert "run 'finetune-tiny-seed-1' already finished" in text
+    assert sum(e["kind"] == "launch" for e in events(first)) == launches_before  # not retrained
+    resumed = [e for e in events(second) if e["kind"] == "resume"]
+    assert resumed and resumed[0]["step"] >= 5, events(second)  # from its checkpoint, not step 0
+    assert any(e["kind"] == "finish" for e in events(second))
+    assert not (REPO / "outputs").exists()
+    sweeps = REPO / ".spotrun" / "hydra" / "finetune-multirun"
+    assert sweeps.is_dir() and os.getcwd()  # Hydra's folder under .spotrun/, cwd unchanged
