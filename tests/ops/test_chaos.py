@@ -23,7 +23,7 @@ def tails(r: subprocess.CompletedProcess, log) -> str:
 
 
 def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, reference):
-    kinds = "sigterm,hard,ckpt,metadata"
+    kinds = "group,hard,ckpt,metadata"  # group: SIGTERM to the whole process group, as a VM shutdown
     r = chaos(
         [
             "--schedule",
@@ -61,12 +61,38 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
 
     s = summarize("chaos", ev)
     for restart in s.restarts:
-        limit = (
-            1 if restart["kind"] in ("sigterm", "metadata") else 8 + 8
-        )  # + the steps of an unfinished write
+        limit = 1 if restart["kind"] in ("group", "metadata") else 8 + 8  # + the steps of an unfinished write
         assert restart["lost_steps"] <= limit, restart
     assert (storage / "chaos" / "report" / "timeline.png").stat().st_size > 1000
     assert_identical(storage / "chaos", reference)
+
+
+@pytest.mark.timeout(1800)  # three launches and the shared reference run, on a possibly loaded host
+def test_whole_group_sigterm_at_start_up_and_mid_write_loses_nothing(storage, reference):
+    """A VM shutdown signals every process of the job (driver, Ray's daemons, the Train workers):
+    once during start-up (before any step) and once while a checkpoint is being written. Each
+    attempt exits 75 with what it committed said, and the relaunches end bit-identical."""
+    r = chaos(
+        ["--schedule", "at:4,0", "--kinds", "group-start,group-ckpt", "--max-reclaims", "2", "--no-verify"],
+        args_for(storage, "group", ["debug.step_sleep_s=0.3", "debug.write_sleep_s=2"]),
+        storage / "log.txt",
+    )
+    assert r.returncode == 0, tails(r, storage / "log.txt")
+    ends = [ln.rsplit(" ", 1)[-1] for ln in r.stdout.splitlines() if "attempt ended with exit" in ln]
+    assert ends == ["75", "75", "0"], r.stdout[-2000:]
+    ev = events(storage / "group")
+    assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == ["group-start", "group-ckpt"]
+    assert not [e for e in ev if e["kind"] in ("failed", "preempted_timeout")]
+    start_up, mid_write = [e for e in ev if e["kind"] == "preempted"]
+    assert start_up["saved"] is False and start_up["committed"] is None  # nothing to save yet
+    assert mid_write["saved"] is True and mid_write["step"] > 0  # the notice's own commit
+    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm", "sigterm"]
+    log = (storage / "log.txt").read_text()
+    assert "preempted; nothing new to save; newest commit: none yet; exit 75" in log
+    assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
+    [resume] = [e for e in ev if e["kind"] == "resume"]
+    assert resume["step"] == mid_write["step"]  # the relaunch starts from the notice's commit
+    assert_identical(storage / "group", reference)
 
 
 def _stages(ev: list[dict]) -> list[bool]:

@@ -154,6 +154,7 @@ class LoggerConf:
 class DebugConf:
     trace_samples: bool = False  # write each step's sample ids (tests of exactly-once coverage)
     step_sleep_s: float = 0.0  # slow each step down (tests that reclaim mid-run)
+    write_sleep_s: float = 0.0  # hold each checkpoint write open before its manifest (mid-write tests)
 
 
 @dataclass

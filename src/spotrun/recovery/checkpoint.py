@@ -53,6 +53,7 @@ class CheckpointStore:
         self.storage = storage
         self.root = storage.path(run_name, "checkpoints")
         self.staging_dir = staging_dir  # bucket roots: files land on local disk first, then upload
+        self.hold_s = 0.0  # seconds each write waits before its manifest (tests of mid-write reclaims)
 
     def dir_for(self, step: int) -> str:
         return f"{self.root}/{PREFIX}{step:08d}"
@@ -96,6 +97,8 @@ class CheckpointStore:
                 self.storage.write_bytes(f"{folder}/{name}", data)
         if shards:
             manifest["files"].update(self._hash_shards(folder, shards))
+        if self.hold_s:  # debug.write_sleep_s: a write stays open, so a test can reclaim mid-write
+            time.sleep(self.hold_s)
         self.storage.check_fence(fresh=True)
         self.storage.write_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
         if staged:

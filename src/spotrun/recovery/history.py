@@ -106,7 +106,7 @@ def _restarts(events: list[dict]) -> list[Restart]:
         elif k == "first_step" and pending is not None:
             pending.restart_s, pending = round(e["ts"] - pending.at_ts, 3), None
         if k in REACHED:
-            furthest = max(furthest, e["step"])
+            furthest = max(furthest, e.get("step", 0))  # a notice at start-up has no step
         if k != "reclaim":
             last_ts = e["ts"]
     return out
@@ -199,7 +199,7 @@ def summarize(run: str, events: list[dict], prices: dict | None = None) -> RunSu
         raise ValueError(f"run {run!r} has no events")
     launches = [e for e in events if e["kind"] == "launch"]
     first = launches[0].get("started_ts", launches[0]["ts"]) if launches else events[0]["ts"]
-    final_step = max((e["step"] for e in events if e["kind"] in REACHED), default=0)
+    final_step = max((e.get("step", 0) for e in events if e["kind"] in REACHED), default=0)
     step_s, restarts = _step_seconds(events), _restarts(events)
     first_step = next((e["ts"] for e in events if e["kind"] == "first_step"), first)
     useful = final_step * step_s
