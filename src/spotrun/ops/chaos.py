@@ -2,7 +2,7 @@
 report what the reclaims cost -- what a SkyPilot managed-job controller does in the cloud.
 
     spotrun chaos                                       # the default: tiny fine-tune, 3 mixed reclaims
-                                                        # over ~20 min of training (see DEFAULT_OVERRIDES)
+                                                        # over ~27 min of training (see DEFAULT_OVERRIDES)
     spotrun chaos --schedule poisson:60 --seed 1 --kinds hard -- trainer.max_steps=200
     spotrun chaos --kinds node -- trainer.num_workers=[1,2]      # lose a Ray node mid-run
 
@@ -41,10 +41,10 @@ REPO = REPO_ROOT
 # group*: SIGTERM to the job's whole process group, as a VM shutdown sends it -- mid-step (group),
 # during start-up before the first step (group-start), while a checkpoint is being written (group-ckpt)
 KINDS = ("group", "group-start", "group-ckpt", "sigterm", "metadata", "hard", "ckpt", "node")
-# The default market: a reclaim every 4 min of training (3 in all) on a run of ~20 min (1,500 steps at
+# The default market: a reclaim every 4 min of training (3 in all) on a run of ~27 min (2,000 steps at
 # ~0.8 s), long enough that its four start-ups are a small share and the goodput it reports means
 # something (bench.goodput); a checkpoint every 25 steps bounds a hard kill's lost work to ~20 s.
-DEFAULT_OVERRIDES = ["experiment=tiny", "logger=none", "trainer.max_steps=1500", "data.eval_size=64"]
+DEFAULT_OVERRIDES = ["experiment=tiny", "logger=none", "trainer.max_steps=2000", "data.eval_size=64"]
 DEFAULT_OVERRIDES += ["checkpoint.every_steps=25"]
 DEFAULT_SCHEDULE = "at:240,240,240"
 
