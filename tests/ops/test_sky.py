@@ -73,7 +73,9 @@ def cli(
 def test_no_init_in_sky_folder():
     # A regular package named `sky` at the repo root would shadow SkyPilot's own package.
     assert not (REPO / "sky" / "__init__.py").exists()
-    assert {p.stem for p in SKY_YAMLS} >= {"finetune", "sweep", "embed"}
+    # one template for every job kind; sky/finetune.yaml is it, for `sky jobs launch sky/finetune.yaml`
+    assert {p.name for p in SKY_YAMLS} == {"job.yaml", "finetune.yaml"}
+    assert (REPO / "sky" / "finetune.yaml").resolve() == (REPO / "sky" / "job.yaml").resolve()
 
 
 @pytest.mark.parametrize("path", SKY_YAMLS, ids=lambda p: p.name)
@@ -193,7 +195,10 @@ def test_dryrun_prints_valid_task_without_secret_values(private_sky_home, tmp_pa
 @pytest.mark.parametrize(
     "args,key",
     [
-        (["cloud=gcp"], "storage.root='runs'"),  # a local path cannot outlive the VM
+        (
+            ["cloud=gcp", "storage.root=runs"],
+            "storage.root='runs'",
+        ),  # a local path cannot outlive the VM (no storage.root: your own bucket, tests/ops/test_buckets.py)
         (["cloud=gcp", f"storage.root={BUCKET}", "cloud.recovery=EAGER"], "cloud.recovery='EAGER'"),
         (
             ["cloud=gcp", f"storage.root={BUCKET}", "cloud.recover_on_exit_codes=[1]"],
