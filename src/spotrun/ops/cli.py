@@ -37,7 +37,7 @@ class Job(str, enum.Enum):
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def launch(
-    job: Annotated[Job, typer.Argument(help="The job kind (conf/<job>.yaml, sky/<job>.yaml).")],
+    job: Annotated[Job, typer.Argument(help="The job kind (conf/<job>.yaml; the task is sky/job.yaml).")],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Hydra overrides: key=value, group=option.")
     ] = None,

@@ -1,7 +1,7 @@
 """`spotrun launch JOB [--dryrun] [key=value ...]`: submit a job as a SkyPilot managed job.
 
-Compose and validate `conf/<JOB>.yaml`, render `sky/<JOB>.yaml` from it (src/spotrun/ops/skytask.py),
-validate the task offline, then submit it with `sky.jobs.launch` and watch it through SkyPilot's
+Compose and validate `conf/<JOB>.yaml`, render `sky/job.yaml` (one template for every job kind) from
+it (src/spotrun/ops/skytask.py), validate the task offline, then submit it with `sky.jobs.launch` and watch it through SkyPilot's
 prechecks. `--dryrun` prints the rendered task and stops. Exit codes: 0 submitted (or printed),
 1 SkyPilot failed, 2 bad input or no access to the cloud (nothing runs, nothing is billed).
 """
@@ -17,7 +17,7 @@ import time
 
 from spotrun import jobs
 from spotrun.core.config import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ConfigError
-from spotrun.core.paths import REPO_ROOT
+from spotrun.core.paths import SKY_DIR
 from spotrun.core.storage import scheme_of
 from spotrun.ops import buckets, skytask
 from spotrun.recovery import contract
@@ -61,7 +61,7 @@ def build(job: str, overrides: list[str]) -> list[dict]:
     submit. Raises ConfigError."""
     skytask.check_no_secrets("", overrides)  # first: a later error message would show the value
     cfg = load_config(job, overrides)
-    template = skytask.load_template(f"{REPO_ROOT}/sky/{job}.yaml")
+    template = skytask.load_template(f"{SKY_DIR}/job.yaml")  # one template; the config names the job
     tasks = skytask.render_chain(cfg, template, overrides)
     skytask.validate_chain(tasks)
     return tasks

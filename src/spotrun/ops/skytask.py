@@ -1,6 +1,6 @@
 """Render a SkyPilot managed-job task from a composed config, and validate it offline.
 
-The task is `sky/<job>.yaml` (setup, run, secrets: the glue users can also launch by hand) with its
+The task is `sky/job.yaml` (setup, run, secrets: the glue users can also launch by hand) with its
 `name`, `resources`, `num_nodes` and `envs` filled in from the config. Validation uses SkyPilot's own
 schema and loaders, plus the `job_recovery` checks SkyPilot's client schema leaves out. Nothing here
 touches the network, a cloud account or an API server.
