@@ -55,12 +55,10 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     args = args_for(s3_server.root, name, ["cloud=aws", "debug.step_sleep_s=0.3"])
     proc = launch(args, log, s3_server.env())
     wait_for(lambda: any(s >= 8 for s in committed(s3_server, name)), proc, what="first commit in S3")
-    t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     kill_tree(proc)
-    assert code == 75, log.read_text()[-3000:]
-    assert time.time() - t0 < 60
+    assert code == 75, log.read_text()[-3000:]  # inside the wait: the notice's deadline is 25 s
     (pre,) = [e for e in bucket_events(s3_server, name) if e["kind"] == "preempted"]
     assert pre["step"] in committed(s3_server, name) and 0 < pre["durable_s"] < 60  # uploaded before exit
 
