@@ -15,7 +15,7 @@ Batch 8 per worker (conf default: 16) keeps the run at ~3-6 min on 2 cores; a sm
 the fixed per-step costs weigh more, so the overhead read here errs on the high side.
 
 The two sides alternate (plain first, then spotrun first, ...) for --pairs pairs in one run; the
-table shows each side's median. --py-spy records the spotrun side of the last pair with py-spy
+table shows each side's median. --py-spy records one extra, untimed spotrun run with py-spy
 (`pip install py-spy`; all the job's processes) and prints where the training loop's samples go
 outside the model's own step (bench/results/overhead-pyspy.txt holds the collapsed stacks).
 
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--every-steps", type=int, default=50, help="spotrun checkpoint cadence")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a side is abandoned")
     p.add_argument("--pairs", type=int, default=3, help="plain/spotrun pairs, order alternating")
-    p.add_argument("--py-spy", action="store_true", help="profile the last spotrun side with py-spy")
+    p.add_argument("--py-spy", action="store_true", help="one extra spotrun run under py-spy")
     return p.parse_args(argv)
 
 
@@ -159,7 +159,13 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     name, root, log = unique_name("bench-overhead"), f"{workdir}/runs", f"{workdir}/spotrun.log"
     cmd = [sys.executable, "-m", "pipelines.finetune", f"run.name={name}", f"storage.root={root}"]
     if profile:  # every process of the job (Ray workers included), collapsed stacks, 50 samples/s
-        spy = [shutil.which("py-spy") or "py-spy", "record", "--subprocesses", "--format", "raw"]
+        spy = [
+            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--subprocesses",
+            "--format",
+            "raw",
+        ]
         cmd = [*spy, "--rate", "50", "--nonblocking", "-o", profile, "--", *cmd]
     try:
         with open(log, "w") as f:
@@ -261,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                 if side == "plain":
                     plains.append(timed(run_plain, args, workdir))
                 else:
-                    spots.append(timed(run_spotrun, args, workdir, spy if i == args.pairs - 1 else None))
+                    spots.append(timed(run_spotrun, args, workdir))
+        if spy:  # one more spotrun run under py-spy, left out of the timings (sampling slows it)
+            print("py-spy: one more spotrun run, profiled, not timed ...", flush=True)
+            run_spotrun(args, workdir, spy)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     plain, spot = medians(plains), medians(spots)

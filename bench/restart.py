@@ -107,6 +107,9 @@ def pairs(args: argparse.Namespace, workdir: str) -> list[dict]:
                 )
             ratio = sides["spotrun"]["first_step_s"] / sides["bare"]["first_step_s"]
             out.append({**sides, "ratio": ratio, "load_1m": [round(load, 2), round(os.getloadavg()[0], 2)]})
+            b, sp = sides["bare"]["first_step_s"], sides["spotrun"]["first_step_s"]
+            print(f"pair {i + 1}: bare {b:.1f} s, spotrun {sp:.1f} s, ratio {ratio:.2f}", flush=True)
+            write_results("restart", {"settings": vars(args), **summarize(out), "pairs": out})  # so far
     finally:
         shutil.rmtree(REPO / ".spotrun" / name, ignore_errors=True)
     return out
