@@ -73,7 +73,7 @@ def test_whole_group_sigterm_at_start_up_and_mid_write_loses_nothing(storage, re
     once during start-up (before any step) and once while a checkpoint is being written. Each
     attempt exits 75 with what it committed said, and the relaunches end bit-identical."""
     r = chaos(
-        ["--schedule", "at:4,0", "--kinds", "group-start,group-ckpt", "--max-reclaims", "2", "--no-verify"],
+        ["--schedule", "at:1,0", "--kinds", "group-start,group-ckpt", "--max-reclaims", "2", "--no-verify"],
         args_for(storage, "group", ["debug.step_sleep_s=0.3", "debug.write_sleep_s=2"]),
         storage / "log.txt",
     )

@@ -9,7 +9,7 @@ report what the reclaims cost -- what a SkyPilot managed-job controller does in 
 The reclaim clock of each attempt starts at its first training step (so every reclaim interrupts
 training, not start-up). Kinds: group (SIGTERM to the job's whole process group, as a VM shutdown
 sends it: driver, Ray daemons and workers; SIGKILL after --grace-s; group-start: during start-up, its
-clock starting at the launch; group-ckpt: mid-write), sigterm (the driver alone), metadata (the
+clock starting at the attempt's `launch` event; group-ckpt: mid-write), sigterm (the driver alone), metadata (the
 cloud's notice endpoint flips; a 127.0.0.1 server answers like AWS/GCP/Azure), hard (SIGKILL, no
 notice), ckpt (SIGKILL while a checkpoint is being written), node (a Ray node of a local
 multi-node cluster is removed; elastic training shrinks and continues in the same driver).
@@ -124,6 +124,9 @@ class Market:
             self.events.emit("reclaim", reclaim=kind, **fields)
 
     # ----- watching the run -----
+    def launch_seen(self, pid_after: float) -> bool:
+        return any(e["kind"] == "launch" and e["ts"] >= pid_after for e in self._events())
+
     def first_step_seen(self, pid_after: float) -> bool:
         return any(e["kind"] == "first_step" and e["ts"] >= pid_after for e in self._events())
 
@@ -151,10 +154,10 @@ class Market:
     def supervise(self, proc: subprocess.Popen, delay: float | None, kind: str, started: float) -> int:
         """Wait for the attempt; `delay` seconds after its first step, reclaim it as `kind`."""
         # one events read a second: on a bucket each read is a GET of the whole events.jsonl
-        trained = delay is not None and (
-            kind == "group-start"  # its clock starts at the launch: the notice lands in start-up
-            or self._wait(proc, lambda: self.first_step_seen(started), 900, interval=1.0)
-        )
+        mark = self.launch_seen if kind == "group-start" else self.first_step_seen
+        # group-start: its clock starts at the attempt's `launch` (config checked, lease taken), so the
+        # notice lands while Ray and the workers start
+        trained = delay is not None and self._wait(proc, lambda: mark(started), 900, interval=1.0)
         if trained and not self._wait(proc, lambda: False, delay):
             self.reclaim(proc, kind, delay)
         return proc.wait()

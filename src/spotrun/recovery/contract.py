@@ -117,6 +117,7 @@ def load(kind: JobKind, overrides: list[str]) -> DictConfig:
 def main(kind: JobKind, overrides: list[str], started_ts: float | None = None) -> int:
     """A job's whole entry point: compose, check, prepare, run under the contract. The exit code."""
     notice = shield.arm()
+    notice.on_notice(DEADLINE.start)  # from the notice on, however slow the start-up still is
     started_ts = started_ts or time.time()
     phases = {"start": started_ts}
 
@@ -159,7 +160,8 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
     grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
     attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
     attempt.phases = {"start": started_ts, **(phases or {}), "lease": time.time()}
-    notice.on_notice(lambda ts: _start_deadline(attempt))
+    DEADLINE.configure(grace_s, events)
+    notice.on_notice(DEADLINE.start)  # a no-op when main() already armed it
     outcome, error = _work(job, attempt)
     if outcome.finished:
         return EXIT_OK
@@ -218,19 +220,36 @@ def _preempted(job: SpotJob, attempt: Attempt, outcome: Outcome) -> int:
     return EXIT_PREEMPTED
 
 
-def _start_deadline(attempt: Attempt) -> None:
-    sys.stderr.write("spotrun: preemption notice: committing what is new, then exiting\n")
+class Deadline:
+    """Exit 75 `grace_s` after the notice, whatever the job is doing then. Until the config says how
+    long this cloud's notice is, the shortest one counts (GCP's 30 s, less the margin)."""
 
-    def expire():
+    def __init__(self, grace_s: float = 30.0 - NOTICE_MARGIN_S):
+        self.grace_s, self.events, self._timer = grace_s, None, None
+
+    def configure(self, grace_s: float, events: EventLog) -> None:
+        self.events = events
+        if self._timer is None:  # a running clock is never lengthened
+            self.grace_s = grace_s
+
+    def start(self, notice_ts: float) -> None:
+        if self._timer is not None:
+            return
+        sys.stderr.write("spotrun: preemption notice: committing what is new, then exiting\n")
+        self._timer = threading.Timer(max(0.0, notice_ts + self.grace_s - time.time()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
         with contextlib.suppress(Exception):  # nothing may keep this exit from happening
-            attempt.events.emit("preempted_timeout", waited_s=attempt.grace_s)
+            if self.events is not None:
+                self.events.emit("preempted_timeout", waited_s=self.grace_s)
         sys.stderr.write("spotrun: notice deadline reached; exiting before the commit finished\n")
         sys.stderr.flush()
         os._exit(EXIT_PREEMPTED)
 
-    timer = threading.Timer(attempt.grace_s, expire)
-    timer.daemon = True
-    timer.start()
+
+DEADLINE = Deadline()  # one per process, as the notice is
 
 
 def hand_over(events: EventLog, run_name: str, reason: str) -> int:
