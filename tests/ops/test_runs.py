@@ -40,7 +40,7 @@ def preempt(args: list[str], committed, log, env: dict | None = None) -> None:
     """Start a run, let it commit, SIGTERM its whole process group (a VM shutdown): exit 75."""
     proc = launch(args, log, env)
     try:
-        wait_for(committed, proc, what="a committed checkpoint")
+        wait_for(committed, proc, what="a committed checkpoint", interval=1.0)
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
     finally:
@@ -90,7 +90,8 @@ def test_local_finished_preempted_running_then_lost(storage, tmp_path):
 def test_s3_running_preempted_then_finished_after_a_resume(s3_server, tmp_path):
     env = s3_server.env()
     name = f"s3run-{int(time.time())}"
-    args = [*SLOW, f"storage.root={s3_server.root}", f"run.name={name}"]
+    # 30 steps: the reclaim lands mid-run even when listing the bucket is slow
+    args = [*SLOW, "trainer.max_steps=30", f"storage.root={s3_server.root}", f"run.name={name}"]
     storage = open_storage(s3_server.root, endpoint=s3_server.endpoint)
     log = tmp_path / "log.txt"
 
@@ -109,7 +110,7 @@ def test_s3_running_preempted_then_finished_after_a_resume(s3_server, tmp_path):
     assert run(args, log, env=env) == 0, log.read_text()[-3000:]  # the relaunch resumes and finishes
     p = spotrun_runs(s3_server.root, "--prometheus", str(tmp_path / "s3.prom"), env=env)
     line = states(p.stdout)[name]
-    assert line[2:5] == ["finished", "12/12", "1"], p.stdout  # one reclaim survived
+    assert line[2:5] == ["finished", "30/30", "1"], p.stdout  # one reclaim survived
     assert line[-1] == "100%", p.stdout  # the one relaunch reached a first step
     check_prometheus(tmp_path / "s3.prom", {name: "finished"})
 

@@ -97,13 +97,18 @@ def state(events: list[dict], now: float, local: bool) -> str:
     return "running" if last[0].get("spot", True) else "on-demand"
 
 
+def _started(attempt: list[dict]) -> bool:
+    """It reached a first step, or had none left to take (resumed at the last step: finished)."""
+    return any(e["kind"] in ("first_step", "finish") for e in attempt)
+
+
 def resume_success(events: list[dict], running: bool) -> float | None:
     relaunches = attempts(events)[1:]
-    if running and relaunches and not any(e["kind"] == "first_step" for e in relaunches[-1]):
+    if running and relaunches and not _started(relaunches[-1]):
         relaunches = relaunches[:-1]  # still starting: not a failure yet
     if not relaunches:
         return None
-    return sum(any(e["kind"] == "first_step" for e in a) for a in relaunches) / len(relaunches)
+    return sum(_started(a) for a in relaunches) / len(relaunches)
 
 
 def interval(events: list[dict]) -> float | None:
