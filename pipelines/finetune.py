@@ -13,7 +13,8 @@ STARTED = time.time()  # the attempt's start (before Ray and torch load): the re
 
 from spotrun.recovery import shield  # noqa: E402 - stdlib only: armed before the slow imports
 
-shield.arm()  # a notice during start-up is a notice, not a death
+if __name__ == "__main__":  # (not when a test imports main): this process and all it starts
+    shield.arm()  # a notice during start-up is a notice, not a death
 
 from spotrun.jobs.finetune.driver import KIND  # noqa: E402
 from spotrun.recovery import contract, hydra_app  # noqa: E402

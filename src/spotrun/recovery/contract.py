@@ -116,7 +116,7 @@ def load(kind: JobKind, overrides: list[str]) -> DictConfig:
 
 def main(kind: JobKind, overrides: list[str], started_ts: float | None = None) -> int:
     """A job's whole entry point: compose, check, prepare, run under the contract. The exit code."""
-    notice = shield.arm()
+    notice = shield.NOTICE  # armed by the entry point (`shield.arm()`, its first line)
     notice.on_notice(DEADLINE.start)  # from the notice on, however slow the start-up still is
     started_ts = started_ts or time.time()
     phases = {"start": started_ts}

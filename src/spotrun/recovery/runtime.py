@@ -34,9 +34,8 @@ def init_ray() -> None:
     Ray's processes start shielded from SIGTERM (spotrun.recovery.shield): a VM shutdown signals them
     all, and they must outlive the notice's checkpoint."""
     address = os.environ.get("RAY_ADDRESS") or "local"
-    with shield.blocked():  # a SIGTERM meanwhile waits for the handler that rearm() restores
+    with shield.blocked():  # (already so in a driver that armed the shield: all of it is blocked)
         _init(address)
-        shield.rearm()
 
 
 def _init(address: str) -> None:

@@ -4,10 +4,12 @@ A provider reclaims a VM by shutting it down, and the OS then sends SIGTERM to e
 the job's driver: Ray's daemons (GCS, raylet) and every Train worker get it too. Ray's daemons exit on it
 and take the workers with them, so the checkpoint the notice asks for would never be written.
 
-The shield: SIGTERM is *blocked* in the thread that starts Ray's processes, so every one of them (and
-every worker the raylet starts later) inherits a blocked SIGTERM. A blocked signal stays pending: the
-daemons keep running until the VM powers off (or SIGKILL), and a worker sees the notice by asking
-`sigterm_pending()` once a step. The driver itself unblocks it and handles it (`arm`).
+The shield: the driver blocks SIGTERM first thing (`arm`), before any thread or child exists, so every
+thread and every process it starts -- Ray's daemons, and every worker the raylet starts later --
+inherits a blocked SIGTERM. A blocked signal stays pending: the daemons keep running until the VM
+powers off (or SIGKILL), and a worker sees the notice by asking `sigterm_pending()` once a step. In
+the driver one thread waits for it (`sigwait`) and sets NOTICE: no handler of Ray's (`ray.init` sets
+one that exits, its core worker one that aborts) ever sees it, whichever thread it would reach.
 
 `python -m spotrun.recovery.shield CMD ...` runs CMD with SIGTERM blocked: the SkyPilot run script
 starts `ray start` through it on every node.
@@ -61,23 +63,21 @@ class Notice:
 NOTICE = Notice()  # one per driver process: SIGTERM reaches a process, not a job
 
 
-def _handler(signum, frame) -> None:
-    # The listeners may write events: never inside the handler, which interrupts whatever ran.
-    threading.Thread(target=NOTICE.set, name="spotrun-notice", daemon=True).start()
+def _wait_for_sigterm() -> None:
+    signal.sigwait(_TERM)
+    NOTICE.set()  # the listeners may write events: in this thread, never in a signal handler
 
 
 def arm() -> Notice:
-    """Handle SIGTERM in this (main) thread: set NOTICE. Call before anything slow, so a notice that
-    arrives during start-up is a notice and not a death."""
-    signal.signal(signal.SIGTERM, _handler)
-    NOTICE.armed = True
+    """Take SIGTERM as the notice for this process and everything it starts. Call first, before any
+    thread exists: a thread started earlier does not inherit the block and could still die of it."""
+    with NOTICE._lock:
+        if NOTICE.armed:
+            return NOTICE
+        NOTICE.armed = True
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERM)
+    threading.Thread(target=_wait_for_sigterm, name="spotrun-sigterm", daemon=True).start()
     return NOTICE
-
-
-def rearm() -> None:
-    """Take SIGTERM back after `ray.init`, whose core worker installs a handler that aborts."""
-    if NOTICE.armed:
-        signal.signal(signal.SIGTERM, _handler)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """`make sweep` on a real local Ray cluster: Ray Tune over the real fine-tune job, 1 worker per
-trial, 2 trials at a time; reclaimed with real SIGKILLs of a trial's worker and of the whole driver."""
+trial, 2 trials at a time; reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM."""
 
 from __future__ import annotations
 
@@ -94,15 +94,21 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
 
 @pytest.mark.slow
 @pytest.mark.timeout(SLOW_TIMEOUT_S)
-def test_driver_killed_mid_sweep_resumes_every_trial_from_its_checkpoint(storage):
+def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resumes_them(storage):
+    """A VM shutdown mid-sweep: SIGTERM to every process (driver, Ray's daemons, the trials' Train
+    workers). Each running trial commits its step, the sweep exits 75, the rerun restores it."""
     args = sweep_args(storage, "reclaimed", ["sweep.scheduler=none", "sweep.num_trials=3"])
     log, run_dir = storage / "log.txt", storage / "reclaimed"
     proc = launch(args, log, module="pipelines.sweep")
     try:
         wait_for(lambda: first_checkpoint(run_dir), proc, timeout=600, what="a trial checkpoint")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
     finally:
-        kill_tree(proc)  # the driver and its whole Ray cluster, at once
-    committed = {  # what each trial had committed when the driver died
+        kill_tree(proc)
+    noticed = {t.name: [e for e in events(t) if e["kind"] == "preempted"] for t in trial_dirs(run_dir)}
+    assert any(noticed.values()) and "running trials committed; exit 75" in log.read_text()
+    committed = {  # what each trial had committed when the sweep exited
         t.name: max(e["step"] for e in events(t) if e["kind"] == "checkpoint")
         for t in trial_dirs(run_dir)
         if any(e["kind"] == "checkpoint" for e in events(t))
@@ -120,6 +126,9 @@ def test_driver_killed_mid_sweep_resumes_every_trial_from_its_checkpoint(storage
         seen = [e for e in events(run_dir / "trials" / trial) if e["kind"] in ("start", "resume")]
         assert [e["kind"] for e in seen].count("start") == 1, (trial, seen)
         assert seen[1]["kind"] == "resume" and seen[1]["step"] >= step, (trial, step, seen)
+    for trial, [pre] in ((t, p) for t, p in noticed.items() if p):  # nothing lost: from the notice's step
+        resumed = next(e for e in events(run_dir / "trials" / trial) if e["kind"] == "resume")
+        assert resumed["step"] == pre["step"], (trial, pre, resumed)
 
 
 @pytest.mark.parametrize(
