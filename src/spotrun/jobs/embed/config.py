@@ -9,17 +9,9 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
-from spotrun.core.config import (
-    CLOUDS,
-    RUN_NAME_RE,
-    SCHEMES,
-    CloudConf,
-    LoggerConf,
-    RunConf,
-    StorageConf,
-    scheme_of,
-)
+from spotrun.core.config import CLOUDS, RUN_NAME_RE, CloudConf, LoggerConf, RunConf, StorageConf
 from spotrun.core.errors import require as _require
+from spotrun.core.storage import SCHEMES, scheme_of
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 
