@@ -32,6 +32,8 @@ from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore
 from spotrun.recovery.lease import worker_storage
 from spotrun.recovery.notices import NAMESPACE, BoardPoller, board_name
 
+IMPORTED_AT = time.time()  # in a Ray Train worker: when unpickling train_loop finished importing all this
+
 
 class DataState:
     """The step and the position in the data (the sampler itself is a pure function of them)."""
@@ -95,6 +97,7 @@ class Worker:
         self.step, self.pos, self.meta = 0, Position(), {}
         self.states = self._states()
         self.fingerprint = resume.fingerprint(cfg)
+        self.store.hold_s = cfg.debug.write_sleep_s
         self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
         self.reported_step: int | None = None
 
@@ -252,12 +255,11 @@ def _stop_for_notice(w: Worker, poller: BoardPoller | None, saved_step: int, los
     if w.rank == 0:
         info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
         committed = w.ckpt.last_committed if w.ckpt.last_committed is not None else (saved_step or None)
+        newest = f"checkpoint at step {committed}" if committed else "none yet"
         saved = (
             f"checkpoint at step {w.step} committed"
             if fresh
-            else f"nothing new to save since step {saved_step}"
-            if committed
-            else "nothing to save yet (no step taken)"
+            else f"nothing new to save; newest commit: {newest}"
         )
         durable = round(time.time() - notice["ts"], 3)
         w.events.emit("preempted", step=w.step, saved=fresh, committed=committed, durable_s=durable, **info)
@@ -300,28 +302,55 @@ def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float,
     w.report({"step": w.step, "preempted": 0, "finished": 1, **final})
 
 
+def _worker_marks(job: dict, entered: float) -> dict[str, float]:
+    """The driver's phase marks, then this worker's: its process up, its imports, the loop entered."""
+    import psutil
+
+    marks = dict(job.get("phases") or {})
+    fit = marks.get("fit", 0.0)  # a worker process Ray started before fit() was up already
+    marks["workers"] = max(psutil.Process().create_time(), fit)
+    marks["imports"] = max(IMPORTED_AT, marks["workers"])
+    marks["loop"] = entered
+    return marks
+
+
+def _pacing(w: Worker, job: dict):
+    """What only matters once training runs: the metadata watcher, the run's history (one read) for
+    the checkpoint interval and the fallback deadline. Started after the first step, off the restart's
+    path (a cloud notice in start-up still reaches the board: the driver's SIGTERM, the next poll)."""
+    cfg = w.cfg
+    local0 = ray.train.get_context().get_local_rank() == 0
+    watcher = pacing.watch_node_metadata(cfg, w.run_name) if local0 else None
+    if w.rank != 0:
+        return watcher, None, None, None
+    history = read_events(w.storage, w.run_name)
+    interval, mtbr_from = pacing.checkpoint_interval(cfg, history, w.repo)
+    deadline = job.get("fallback_deadline")
+    deadline = deadline and pacing.DeadlineWatch(deadline, history, w.run_name, cfg.trainer.max_steps)
+    return watcher, interval, mtbr_from, deadline
+
+
+def _phases(marks: dict[str, float]) -> dict[str, float]:
+    """Seconds from the attempt's start to the end of each phase (spotrun.recovery.history.PHASES)."""
+    start = marks.get("start", marks.get("loop"))
+    return {k: round(v - start, 3) for k, v in marks.items() if k != "start"}
+
+
 def train_loop(job: dict) -> None:
     """Ray Train entry point (runs on every rank)."""
+    marks = _worker_marks(job, time.time())
     w = Worker(job)
+    marks["model"] = time.time()
     cfg, c = w.cfg, w.cfg.checkpoint
     resumed = w.restore()
+    marks["restored"] = time.time()
     log = RunLogger(cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
     w.meta["wandb_id"] = log.run_id
     _announce(w, resumed)
     w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 and not w.task.sharded else w.model
     w.ddp.train()
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
-    watcher = (
-        pacing.watch_node_metadata(cfg, w.run_name) if ray.train.get_context().get_local_rank() == 0 else None
-    )
-    # only rank 0 decides when a time-based checkpoint is due: one read of the run's history
-    history = read_events(w.storage, w.run_name) if w.rank == 0 else []
-    interval, mtbr_from = pacing.checkpoint_interval(cfg, history, w.repo) if w.rank == 0 else (None, None)
-    deadline = (
-        pacing.DeadlineWatch(job["fallback_deadline"], history, w.run_name, cfg.trainer.max_steps)
-        if w.rank == 0 and job.get("fallback_deadline")
-        else None
-    )
+    watcher = interval = mtbr_from = deadline = None  # _pacing, after the first step
     beat = pacing.Heartbeat(w.events, w.storage.is_local)
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
@@ -334,11 +363,16 @@ def train_loop(job: dict) -> None:
         return _stand_down(w, log)
     if noticed:  # during start-up
         return _stop_for_notice(w, poller, saved_step, loss, log)
+    marks["ready"] = time.time()
     while w.step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         loss = w.train_step()
-        if w.step == first_step + 1 and w.rank == 0:
-            w.events.emit("first_step", step=w.step, step_s=round(time.perf_counter() - t0, 4))
+        if w.step == first_step + 1:
+            if w.rank == 0:  # the attempt's restart budget travels in this one event (one write)
+                marks["first_step"] = time.time()
+                step_s = round(time.perf_counter() - t0, 4)
+                w.events.emit("first_step", step=w.step, step_s=step_s, phases=_phases(marks))
+            watcher, interval, mtbr_from, deadline = _pacing(w, job)
         if cfg.debug.step_sleep_s:
             time.sleep(cfg.debug.step_sleep_s)
         if deadline and w.step > first_step + 1:  # the attempt's first step (warm-up) is left out
@@ -348,7 +382,7 @@ def train_loop(job: dict) -> None:
         flags = torch.zeros(3, dtype=torch.int64)
         flags[0] = _noticed(w, poller)
         if w.rank == 0:
-            flags[1] = int(time.monotonic() - last_ckpt >= interval.seconds)
+            flags[1] = int(interval is not None and time.monotonic() - last_ckpt >= interval.seconds)
             flags[2] = _stale(w)
             beat.beat(w.step)
         _agree(flags, w.world)
@@ -362,7 +396,7 @@ def train_loop(job: dict) -> None:
         if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
             blocked, saved_step = w.save("periodic"), w.step
             last_ckpt = time.monotonic()
-            if w.rank == 0 and interval.observe(blocked):
+            if w.rank == 0 and interval is not None and interval.observe(blocked):
                 w.events.emit(
                     "checkpoint_interval",
                     seconds=round(interval.seconds, 2),
