@@ -112,7 +112,7 @@ def plot_timeline(events: list[dict], path: str) -> None:
     for e in events:  # one line per stretch of training; restarts leave gaps
         if e["kind"] in ("launch", "start", "resume") and seg:
             segments, seg = [*segments, seg], []
-        if e["kind"] in REACHED:
+        if e["kind"] in REACHED and "step" in e:  # a notice in start-up has no step
             seg.append((e["ts"] - t0, e["step"]))
     for i, pts in enumerate([*segments, seg]):
         if pts:

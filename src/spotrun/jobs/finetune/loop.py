@@ -25,54 +25,16 @@ from spotrun.jobs.finetune import resume
 from spotrun.jobs.finetune.data import ExactSampler, Position
 from spotrun.jobs.finetune.logger import RunLogger
 from spotrun.jobs.finetune.parts import build_optimizer, build_scheduler
+from spotrun.jobs.finetune.states import DataState, ModelState, RunState
+from spotrun.jobs.finetune.stop import agree, noticed, stale, stand_down, stop_for_notice
 from spotrun.jobs.finetune.tasks import build_task
-from spotrun.recovery import pacing, shield
+from spotrun.recovery import pacing
 from spotrun.recovery import state as st
 from spotrun.recovery.checkpoint import AsyncCheckpointer, CheckpointStore
 from spotrun.recovery.lease import worker_storage
-from spotrun.recovery.notices import NAMESPACE, BoardPoller, board_name
+from spotrun.recovery.notices import BoardPoller
 
 IMPORTED_AT = time.time()  # in a Ray Train worker: when unpickling train_loop finished importing all this
-
-
-class DataState:
-    """The step and the position in the data (the sampler itself is a pure function of them)."""
-
-    def __init__(self, worker: Worker):
-        self.w = worker
-
-    def save(self):
-        return {}, {"step": self.w.step, "position": vars(self.w.pos)}
-
-    def load(self, tensors, meta) -> None:
-        self.w.step, self.w.pos = meta["step"], Position(**meta["position"])
-
-
-class RunState:
-    """What the run carries across launches: metrics before training, the wandb id, resume count."""
-
-    def __init__(self, meta: dict):
-        self.meta = meta
-
-    def save(self):
-        return {}, dict(self.meta)
-
-    def load(self, tensors, meta) -> None:
-        self.meta.clear()
-        self.meta.update(meta)
-
-
-class ModelState:
-    """The task's checkpointed model tensors (a LoRA run: the adapter only)."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def save(self):
-        return self.task.state_tensors(), {}
-
-    def load(self, tensors, meta) -> None:
-        self.task.load_state(tensors)
 
 
 class Worker:
@@ -214,71 +176,6 @@ def _announce(w: Worker, resumed: int | None) -> None:
         w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
 
 
-def _noticed(w: Worker, poller: BoardPoller | None) -> int:
-    """This rank's view of "a notice came": a SIGTERM pending in this (shielded) worker process, or,
-    on rank 0, a notice on the run's board (the driver's SIGTERM, a cloud metadata notice)."""
-    seen = shield.sigterm_pending()
-    if poller is not None:
-        seen = poller.poll() is not None or seen
-    return int(seen)
-
-
-def _stale(w: Worker) -> int:
-    """Rank 0: a newer attempt of this run took the lease (checked at most every few seconds)."""
-    fence = w.storage.fence
-    return int(w.rank == 0 and fence is not None and not fence.current())
-
-
-def _stand_down(w: Worker, log) -> None:
-    """A superseded attempt writes nothing more: no checkpoint, no event, no final/ (exit 76)."""
-    log.close()
-    w.report({"step": w.step, "superseded": 1})
-
-
-def _agree(flags: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:  # one tiny all-reduce: a flag raised on any rank holds for all
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags
-
-
-def _stop_for_notice(w: Worker, poller: BoardPoller | None, saved_step: int, loss: float, log) -> None:
-    """Commit this step if it is new (every rank takes part), wait until it is durable, tell Ray.
-    With nothing new since the last commit (a notice at start-up, or right after a checkpoint), the
-    write already queued or committed is what the relaunch resumes from."""
-    notice = _notice_of(w, poller)
-    if w.rank == 0:
-        w.events.emit("preemption_notice", step=w.step, source=notice["source"], notice_ts=notice["ts"])
-    fresh = w.step > saved_step
-    if fresh:
-        w.save("preemption_notice")
-    saved = None
-    if w.rank == 0:
-        info = {k: v for k, v in (w.ckpt.wait() or {}).items() if k != "step"}
-        committed = w.ckpt.last_committed if w.ckpt.last_committed is not None else (saved_step or None)
-        newest = f"checkpoint at step {committed}" if committed else "none yet"
-        saved = (
-            f"checkpoint at step {w.step} committed"
-            if fresh
-            else f"nothing new to save; newest commit: {newest}"
-        )
-        durable = round(time.time() - notice["ts"], 3)
-        w.events.emit("preempted", step=w.step, saved=fresh, committed=committed, durable_s=durable, **info)
-    log.close()
-    w.report({"step": w.step, "loss": loss, "preempted": 1, "saved": saved})
-
-
-def _notice_of(w: Worker, poller: BoardPoller | None) -> dict:
-    """The notice as the board holds it; a SIGTERM only a worker saw is posted there first, so the
-    driver learns of it too."""
-    if w.rank != 0:
-        return {}
-    if poller.notice is None:
-        board = ray.get_actor(board_name(w.run_name), namespace=NAMESPACE)
-        ray.get(board.post.remote("sigterm", None), timeout=10)
-        poller.notice = ray.get(board.get.remote(), timeout=10)
-    return poller.notice
-
-
 def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
     """Score the trained model and write final/ (metrics.json last) on rank 0."""
     final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
@@ -336,34 +233,57 @@ def _phases(marks: dict[str, float]) -> dict[str, float]:
     return {k: round(v - start, 3) for k, v in marks.items() if k != "start"}
 
 
-def train_loop(job: dict) -> None:
-    """Ray Train entry point (runs on every rank)."""
-    marks = _worker_marks(job, time.time())
+def _start(job: dict, marks: dict) -> tuple[Worker, RunLogger]:
+    """Build this rank's worker, resume it, announce the start or the resume, wrap it for DDP."""
     w = Worker(job)
     marks["model"] = time.time()
-    cfg, c = w.cfg, w.cfg.checkpoint
     resumed = w.restore()
     marks["restored"] = time.time()
-    log = RunLogger(cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
+    log = RunLogger(w.cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
     w.meta["wandb_id"] = log.run_id
     _announce(w, resumed)
     w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 and not w.task.sharded else w.model
     w.ddp.train()
+    return w, log
+
+
+def _periodic_save(w: Worker, interval, mtbr_from) -> None:
+    """A due checkpoint; rank 0 re-paces the time-based interval from what it cost."""
+    blocked = w.save("periodic")
+    if w.rank == 0 and interval is not None and interval.observe(blocked):
+        w.events.emit(
+            "checkpoint_interval",
+            seconds=round(interval.seconds, 2),
+            cost_s=round(blocked, 4),
+            mtbr_s=round(interval.mtbr_s, 1),
+            mtbr_from=mtbr_from,
+        )
+
+
+def train_loop(job: dict) -> None:
+    """Ray Train entry point (runs on every rank)."""
+    marks = _worker_marks(job, time.time())
+    w, log = _start(job, marks)
     poller = BoardPoller(w.run_name) if w.rank == 0 else None
+    saved_step = w.step  # the step the newest commit (or the one in flight) holds; 0: none yet
+    if poller is not None:
+        poller.check_now()
+    seen, newer = agree(torch.tensor([noticed(w, poller), stale(w)]), w.world).tolist()
+    if newer:
+        return stand_down(w, log)
+    if seen:  # during start-up
+        return stop_for_notice(w, poller, saved_step, float("nan"), log)
+    marks["ready"] = time.time()
+    _train(w, job, log, poller, marks, saved_step)
+
+
+def _train(w: Worker, job: dict, log: RunLogger, poller, marks: dict, saved_step: int) -> None:
+    cfg, c = w.cfg, w.cfg.checkpoint
     watcher = interval = mtbr_from = deadline = None  # _pacing, after the first step
     beat = pacing.Heartbeat(w.events, w.storage.is_local)
     last_ckpt, samples = time.monotonic(), cfg.trainer.batch_size * w.world
     log.start_progress(w.step, cfg.trainer.max_steps)
     first_step, loop_t0, loss = w.step, time.perf_counter(), float("nan")
-    saved_step = w.step  # the step the newest commit (or the one in flight) holds; 0: none yet
-    if poller is not None:
-        poller.check_now()
-    noticed, stale = _agree(torch.tensor([_noticed(w, poller), _stale(w)]), w.world).tolist()
-    if stale:
-        return _stand_down(w, log)
-    if noticed:  # during start-up
-        return _stop_for_notice(w, poller, saved_step, loss, log)
-    marks["ready"] = time.time()
     while w.step < cfg.trainer.max_steps:
         t0 = time.perf_counter()
         loss = w.train_step()
@@ -380,30 +300,22 @@ def train_loop(job: dict) -> None:
         # Every rank agrees on "notice seen" (on any rank), "time-based checkpoint due" and "a newer
         # attempt holds the run" (rank 0).
         flags = torch.zeros(3, dtype=torch.int64)
-        flags[0] = _noticed(w, poller)
+        flags[0] = noticed(w, poller)
         if w.rank == 0:
             flags[1] = int(interval is not None and time.monotonic() - last_ckpt >= interval.seconds)
-            flags[2] = _stale(w)
+            flags[2] = stale(w)
             beat.beat(w.step)
-        _agree(flags, w.world)
+        agree(flags, w.world)
         if flags[2]:
-            return _stand_down(w, log)
+            return stand_down(w, log)
         log.step(w.step, loss, samples / (time.perf_counter() - t0), c.every_steps - w.step % c.every_steps)
         if flags[0]:
             if watcher:
                 watcher.set()
-            return _stop_for_notice(w, poller, saved_step, loss, log)
+            return stop_for_notice(w, poller, saved_step, loss, log)
         if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
-            blocked, saved_step = w.save("periodic"), w.step
-            last_ckpt = time.monotonic()
-            if w.rank == 0 and interval is not None and interval.observe(blocked):
-                w.events.emit(
-                    "checkpoint_interval",
-                    seconds=round(interval.seconds, 2),
-                    cost_s=round(blocked, 4),
-                    mtbr_s=round(interval.mtbr_s, 1),
-                    mtbr_from=mtbr_from,
-                )
+            _periodic_save(w, interval, mtbr_from)
+            saved_step, last_ckpt = w.step, time.monotonic()
             w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
     _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0, loss)
