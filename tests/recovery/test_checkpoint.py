@@ -95,7 +95,8 @@ def test_retention_keeps_newest(store):
         store.write(s, _files(float(s)))
     store.storage.write_bytes(f"{store.dir_for(0)}/model.safetensors", b"x")  # an orphan older than all kept
     assert store.prune(2) == [0, 1, 2, 3]
-    assert store.steps() == [4, 5]
+    assert store.committed_steps() == [4, 5]
+    assert not store.storage.exists(f"{store.dir_for(0)}/model.safetensors")  # the orphan went too
 
 
 def test_async_checkpointer_snapshots_then_writes(store):

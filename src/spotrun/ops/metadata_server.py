@@ -19,7 +19,6 @@ class _State:
     def __init__(self):
         self.notice_ts: float | None = None
         self.tokens: set[str] = set()
-        self.requests = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -37,7 +36,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_PUT(self):  # AWS IMDSv2 session token
-        self.state.requests += 1
         if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
             return self._send(400, "missing X-aws-ec2-metadata-token-ttl-seconds")
         token = secrets.token_urlsafe(16)
@@ -45,7 +43,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, token)
 
     def do_GET(self):
-        self.state.requests += 1
         notice = self.state.notice_ts
         if self.path == "/latest/meta-data/spot/instance-action":
             if self.headers.get("X-aws-ec2-metadata-token") not in self.state.tokens:

@@ -68,10 +68,6 @@ class CheckpointStore:
                 found[step] = found.get(step, False) or name == MANIFEST
         return found
 
-    def steps(self) -> list[int]:
-        """Steps of every checkpoint folder, committed or not, oldest first."""
-        return sorted(self._scan())
-
     def committed_steps(self) -> list[int]:
         return sorted(s for s, committed in self._scan().items() if committed)
 

@@ -116,10 +116,6 @@ class ShardLedger:
         """A marker per shard attempt, so tests can count recomputed shards."""
         self.storage.write_bytes(self._path(f"attempts/{shard:05d}-{attempt}"), b"")
 
-    def read_shard(self, shard: int, columns: list[str] | None = None) -> pa.Table:
-        data = self.storage.read_bytes(self._path(f"shard-{shard:05d}.parquet"))
-        return pq.read_table(io.BytesIO(data), columns=columns)
-
     def verify(self, ids: pa.Array, shards: int) -> dict:
         """Every shard committed and intact, and every input id present exactly once.
         Raises RuntimeError on any gap, duplicate or corrupt shard."""
