@@ -42,7 +42,7 @@ class Position:
 
 
 class ExactSampler:
-    """Deterministic per-epoch permutations; `batch()` is a pure function of (position, rank, world)."""
+    """Deterministic per-epoch permutations; `step()` is a pure function of (position, rank, world)."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int):
         if num_samples < 1:
