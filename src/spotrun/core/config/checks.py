@@ -184,9 +184,7 @@ def _validate_llm(cfg: DictConfig) -> None:
     _require(cfg.trainer.parallel in ("ddp", "fsdp"), "trainer.parallel", cfg.trainer.parallel, "ddp or fsdp")
     if cfg.trainer.parallel == "fsdp":
         _require(m.kind == "causal_lm", "trainer.parallel", "fsdp", "ddp for model.kind=encoder")
-        # every rank writes its own shards straight to the checkpoint folder (DCP): a shared filesystem
-        root, fsdp = cfg.storage.root, "with trainer.parallel=fsdp"
-        _require(scheme_of(root) == "file", "storage.root", root, f"a path (a mounted bucket) {fsdp}")
+        fsdp = "with trainer.parallel=fsdp"  # shards go through the storage layer (shard_io.py)
         _require(not m.save_merged, "model.save_merged", True, f"false {fsdp} (no rank has all weights)")
     _require(lora.r >= 1, "model.lora.r", lora.r, "an int >= 1")
     _require(lora.alpha > 0, "model.lora.alpha", lora.alpha, "a number > 0")

@@ -156,3 +156,14 @@ def safe_reader(folder: str):
             return metadata
 
     return SafeReader(folder)
+
+
+def read_metadata_files(path: str) -> dict[str, int]:
+    """{shard file name: the bytes it must hold at least} from a DCP `.metadata` (restricted load)."""
+    with open(path, "rb") as f:
+        metadata = _restricted_load(f)
+    sizes: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = str(info.relative_path)
+        sizes[name] = max(sizes.get(name, 0), int(info.offset) + int(info.length))
+    return sizes

@@ -25,6 +25,7 @@ from spotrun.jobs.finetune import resume
 from spotrun.jobs.finetune.data import ExactSampler, Position
 from spotrun.jobs.finetune.logger import RunLogger
 from spotrun.jobs.finetune.parts import build_optimizer, build_scheduler
+from spotrun.jobs.finetune.shard_io import ShardIO
 from spotrun.jobs.finetune.states import DataState, ModelState, RunState
 from spotrun.jobs.finetune.stop import agree, noticed, stale, stand_down, stop_for_notice
 from spotrun.jobs.finetune.tasks import build_task
@@ -60,6 +61,7 @@ class Worker:
         self.states = self._states()
         self.fingerprint = resume.fingerprint(cfg)
         self.store.hold_s = cfg.debug.write_sleep_s
+        self.shard_io = ShardIO(self.storage, os.path.join(job["local_dir"], "staging"), self.rank)
         self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
         self.reported_step: int | None = None
 
@@ -99,7 +101,7 @@ class Worker:
         if refused:  # the driver's check missed it (a config changed under a running job)
             raise RuntimeError(refused)
         if self.task.sharded:  # FSDP: every rank reads its own model + optimizer shards (DCP)
-            self.task.load_sharded(self.store.dir_for(step) + "/dcp", self.opt)
+            self.shard_io.load(self.task, self.store.dir_for(step), self.opt)
         st.restore(self.states, files, meta["states"])
         return self.step
 
@@ -108,7 +110,7 @@ class Worker:
         """Snapshot every state component (all ranks take part) and queue the write. Returns seconds blocked."""
         t0, shards = time.perf_counter(), None
         if self.task.sharded:  # FSDP: every rank stages its shards; rank 0 commits after they land
-            shards = self.task.save_sharded(self.store.dir_for(self.step) + "/dcp", self.opt)
+            shards = self.shard_io.save(self.task, self.store.dir_for(self.step), self.opt)
         groups, metas = st.snapshot(self.states)
         if self.rank != 0:
             return 0.0
