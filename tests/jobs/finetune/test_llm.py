@@ -131,8 +131,10 @@ def test_fsdp_sigkill_then_relaunch_resumes_from_sharded_checkpoints(llm_referen
     wait_for(lambda: 4 in checkpoint_steps(run_dir), proc, timeout=500, what="checkpoint at step 4")
     kill_tree(proc)
     ckpt = run_dir / "checkpoints" / "step-00000004"
-    assert set(json.loads((ckpt / "manifest.json").read_text())["files"]) == {"rng.safetensors", "state.json"}
-    assert {p.name for p in (ckpt / "dcp").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    shards = {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    listed = set(json.loads((ckpt / "manifest.json").read_text())["files"])
+    assert listed == {"rng.safetensors", "state.json", *(f"dcp/{n}" for n in shards)}  # shards hashed too
+    assert {p.name for p in (ckpt / "dcp").iterdir()} == shards
     assert run(llm_args(tmp_path, "fsdp", fsdp), log, timeout=600) == 0, log.read_text()[-3000:]
     (resume,) = [e for e in events(run_dir) if e["kind"] == "resume"]
     assert resume["step"] >= 4
