@@ -16,8 +16,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from ray.train import Checkpoint
-from ray.train.v2.api.report_config import CheckpointUploadMode
 
 from spotrun.core.events import EventLog, read_events
 from spotrun.core.storage import storage_from_cfg
@@ -63,7 +61,6 @@ class Worker:
         self.store.hold_s = cfg.debug.write_sleep_s
         self.shard_io = ShardIO(self.storage, os.path.join(job["local_dir"], "staging"), self.rank)
         self.ckpt = AsyncCheckpointer(self.store, cfg.checkpoint.keep, on_commit=self._on_commit)
-        self.reported_step: int | None = None
 
     def _states(self) -> dict[str, st.Stateful]:
         """Everything a checkpoint holds, by name (file stem). Under FSDP the model and optimizer go
@@ -128,13 +125,10 @@ class Worker:
         self.events.emit("checkpoint", **info)
 
     def report(self, metrics: dict) -> None:
-        """Tell Ray Train (a barrier on all ranks); rank 0 hands over the newest committed checkpoint."""
-        ckpt = None
-        last = self.ckpt.last_committed
-        if self.rank == 0 and last is not None and last != self.reported_step:
-            ckpt = Checkpoint(path=self.store.dir_for(last), filesystem=self.storage.fs)
-            self.reported_step = last
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        """Tell Ray Train the metrics (a barrier on all ranks). Checkpoints are not handed over: the
+        store's manifests are what a resume reads, and Ray's controller would write its own record of
+        each to the bucket without retries, failing the run during a bucket outage."""
+        ray.train.report(metrics)
 
     # ----- training -----
     def train_step(self) -> float:
