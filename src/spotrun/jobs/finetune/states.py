@@ -3,18 +3,13 @@ task's model tensors. Each snapshots and restores itself (spotrun.recovery.state
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from spotrun.jobs.finetune.data import Position
-
-if TYPE_CHECKING:
-    from spotrun.jobs.finetune.loop import Worker
 
 
 class DataState:
     """The step and the position in the data (the sampler itself is a pure function of them)."""
 
-    def __init__(self, worker: Worker):
+    def __init__(self, worker):
         self.w = worker
 
     def save(self):

@@ -1,10 +1,9 @@
 """How the training loop stops for a notice, or stands down for a newer attempt: every rank agrees
-through one tiny all-reduce, rank 0 commits and records what was saved."""
+through one tiny all-reduce, rank 0 commits and records what was saved. `w` is the loop's Worker (loop.py)."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import ray
 import torch
@@ -13,11 +12,8 @@ import torch.distributed as dist
 from spotrun.recovery import shield
 from spotrun.recovery.notices import NAMESPACE, BoardPoller, board_name
 
-if TYPE_CHECKING:
-    from spotrun.jobs.finetune.loop import Worker
 
-
-def noticed(w: Worker, poller: BoardPoller | None) -> int:
+def noticed(w, poller: BoardPoller | None) -> int:
     """This rank's view of "a notice came": a SIGTERM pending in this (shielded) worker process, or,
     on rank 0, a notice on the run's board (the driver's SIGTERM, a cloud metadata notice)."""
     seen = shield.sigterm_pending()
@@ -26,7 +22,7 @@ def noticed(w: Worker, poller: BoardPoller | None) -> int:
     return int(seen)
 
 
-def _notice_of(w: Worker, poller: BoardPoller | None) -> dict:
+def _notice_of(w, poller: BoardPoller | None) -> dict:
     """The notice as the board holds it; a SIGTERM only a worker saw is posted there first, so the
     driver learns of it too."""
     if w.rank != 0:
@@ -44,19 +40,19 @@ def agree(flags: torch.Tensor, world: int) -> torch.Tensor:
     return flags
 
 
-def stale(w: Worker) -> int:
+def stale(w) -> int:
     """Rank 0: a newer attempt of this run took the lease (checked at most every few seconds)."""
     fence = w.storage.fence
     return int(w.rank == 0 and fence is not None and not fence.current())
 
 
-def stand_down(w: Worker, log) -> None:
+def stand_down(w, log) -> None:
     """A superseded attempt writes nothing more: no checkpoint, no event, no final/ (exit 76)."""
     log.close()
     w.report({"step": w.step, "superseded": 1})
 
 
-def stop_for_notice(w: Worker, poller: BoardPoller | None, saved_step: int, loss: float, log) -> None:
+def stop_for_notice(w, poller: BoardPoller | None, saved_step: int, loss: float, log) -> None:
     """Commit this step if it is new (every rank takes part), wait until it is durable, tell Ray.
     With nothing new since the last commit (a notice at start-up, or right after a checkpoint), the
     write already queued or committed is what the relaunch resumes from."""
