@@ -77,8 +77,23 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_data_is_one_line_and_exit_2_before_ray(case, tmp_path):
+def test_bad_data_is_one_line_and_exit_2_before_ray(case, tmp_path, capsys):
+    """The entry point's main() in this process (no interpreter start per case): exit 2, one line."""
+    import ray
+
+    from pipelines.finetune import main
+
     make, key = CASES[case]
+    assert main([*TINY, f"storage.root={tmp_path}", *make(tmp_path)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("spotrun: config error: "), lines
+    assert key in lines[0], lines[0]
+    assert not ray.is_initialized()
+
+
+def test_bad_data_through_the_real_command_line(tmp_path):
+    """The same as a user types it: `python -m pipelines.finetune ...`, and no Ray session at all."""
+    make, key = CASES["null_text"]
     overrides = make(tmp_path)
     ray_root = tmp_path / "ray"
     env = {**pipeline_env(), "RAY_TMPDIR": str(ray_root), "TMPDIR": str(tmp_path)}
