@@ -99,7 +99,21 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,key", BAD, ids=[a[0] for a, _ in BAD])
-def test_bad_input_is_one_line_exit_2_before_ray(args, key):
+def test_bad_input_is_one_line_exit_2_before_ray(args, key, capsys):
+    """The entry point's main() in this process: exit 2, one line, Ray never started."""
+    import ray
+
+    from pipelines.finetune import main
+
+    assert main(args) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("spotrun: config error: "), lines
+    assert key in lines[0] and ("expected" in lines[0] or "unknown key" in lines[0]), lines[0]
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("args,key", BAD[:1] + BAD[-1:], ids=[BAD[0][0][0], BAD[-1][0][0]])
+def test_bad_input_through_the_real_command_line(args, key):
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.finetune", *args],
         cwd=REPO,
