@@ -19,6 +19,21 @@ from typing import Protocol
 import torch
 
 from spotrun.core.errors import ConfigError
+from spotrun.jobs.finetune.outputs import write_final
+
+
+class WholeModel:
+    """For a task whose checkpoint is its whole model (`self.model`) and whose final/ is a Hugging
+    Face folder with its tokenizer (`self.tok`)."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors)
+
+    def write_final(self, storage, run_name: str, metrics: dict, local_dir: str) -> None:
+        write_final(storage, run_name, self.model, self.tok, metrics, local_dir)
 
 
 class Task(Protocol):

@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 
 from spotrun.jobs.finetune.data import load_pairs
-from spotrun.jobs.finetune.outputs import write_final
+from spotrun.jobs.finetune.tasks import WholeModel
 
 OTHER = "other"
 
@@ -29,7 +29,7 @@ def label_names(queries: list[str], top_k: int) -> list[str]:
     return sorted(counts, key=lambda m: (-counts[m], m))[:top_k] + [OTHER]
 
 
-class ClassifyTask:
+class ClassifyTask(WholeModel):
     """Cross-entropy over module labels; accuracy; final/ is the whole classifier."""
 
     metrics = ("accuracy",)
@@ -84,12 +84,3 @@ class ClassifyTask:
             hits += int((logits.argmax(-1).cpu() == labels[i : i + bs]).sum())
         self.model.train(was_training)
         return {"accuracy": hits / max(n, 1)}
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(tensors)
-
-    def write_final(self, storage, run_name: str, metrics: dict, local_dir: str) -> None:
-        write_final(storage, run_name, self.model, self.tok, metrics, local_dir)

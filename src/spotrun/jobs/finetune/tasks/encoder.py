@@ -6,10 +6,10 @@ import torch
 
 from spotrun.jobs.finetune.data import load_pairs
 from spotrun.jobs.finetune.models import contrastive_loss, embed, load_encoder, recall_at_1
-from spotrun.jobs.finetune.outputs import write_final
+from spotrun.jobs.finetune.tasks import WholeModel
 
 
-class EncoderTask:
+class EncoderTask(WholeModel):
     """In-batch-negatives contrastive loss; recall@1 on held-out pairs; final/ is the whole model."""
 
     metrics = ("recall_at_1",)
@@ -54,12 +54,3 @@ class EncoderTask:
             self.device,
         )
         return {"recall_at_1": r1}
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(tensors)
-
-    def write_final(self, storage, run_name: str, metrics: dict, local_dir: str) -> None:
-        write_final(storage, run_name, self.model, self.tok, metrics, local_dir)
