@@ -1,6 +1,6 @@
 """trainer.parallel=fsdp with its storage root on the S3 and GCS servers: DCP shards staged locally,
 uploaded by the rank that wrote them and hashed into the manifest; a SIGKILL mid-run and a relaunch
-(the shards downloaded again) end bit-identical to an uninterrupted FSDP run on the same server."""
+(the shards downloaded again) end bit-identical to an uninterrupted FSDP run (on local disk)."""
 
 from __future__ import annotations
 
@@ -32,18 +32,27 @@ def fsdp_args(tiny_lm, root: str, name: str, extra: list[str] = ()) -> list[str]
     ]
 
 
+@pytest.fixture(scope="module")
+def fsdp_reference(tiny_lm, tmp_path_factory):
+    """One uninterrupted FSDP run on local disk (the shards written straight into the step folders):
+    storage does not change a number, so it is the reference for the runs on both servers."""
+    root = tmp_path_factory.mktemp("fsdp-ref")
+    assert run(fsdp_args(tiny_lm, str(root), "ref"), root / "log.txt", timeout=900) == 0, (
+        root / "log.txt"
+    ).read_text()[-3000:]
+    return root / "ref"
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("server", ["s3_server", "gs_server"])
 def test_fsdp_on_a_bucket_sigkilled_then_relaunched_is_bit_identical(
-    server, request, tiny_lm, tmp_path, monkeypatch
+    server, request, tiny_lm, fsdp_reference, tmp_path, monkeypatch
 ):
     srv = request.getfixturevalue(server)
     env = srv.env()
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     storage = open_storage(srv.root)
-    ref = run(fsdp_args(tiny_lm, srv.root, f"ref-{server}"), tmp_path / "ref.txt", timeout=900, env=env)
-    assert ref == 0, (tmp_path / "ref.txt").read_text()[-3000:]
     name, log = f"killed-{server}", tmp_path / "log.txt"
     store = CheckpointStore(storage, name)
     proc = launch(fsdp_args(tiny_lm, srv.root, name, ["debug.step_sleep_s=1.0"]), log, env)
@@ -57,7 +66,6 @@ def test_fsdp_on_a_bucket_sigkilled_then_relaunched_is_bit_identical(
     listed = json.loads(storage.read_bytes(f"{folder}/manifest.json"))["files"]
     assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= set(listed), listed
     assert run(fsdp_args(tiny_lm, srv.root, name), log, timeout=900, env=env) == 0, log.read_text()[-3000:]
-    final = "final/adapter_model.safetensors"
-    a = load(storage.read_bytes(storage.path(f"ref-{server}", final)))
-    b = load(storage.read_bytes(storage.path(name, final)))
+    a = load((fsdp_reference / "final" / "adapter_model.safetensors").read_bytes())
+    b = load(storage.read_bytes(storage.path(name, "final/adapter_model.safetensors")))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
