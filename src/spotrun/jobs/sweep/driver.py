@@ -175,11 +175,12 @@ def _in_flight() -> list[str]:
     return [n[len(prefix) :] for n in names if n.startswith(prefix)]
 
 
-def drain(trials, grace_s: float, events) -> None:
-    """At a notice: post it to every running trial, wait (at most `grace_s`) until each has committed
-    its checkpoint or finished, then exit 75 without Ray's teardown: Tune would take the trials that
-    returned for finished ones, and the restored sweep must pick them up from here."""
-    t0, running = time.time(), _in_flight()
+def drain(trials, grace_s: float, events, notice_ts: float) -> None:
+    """At a notice: post it to every running trial, wait (until just before the notice's deadline)
+    until each has committed its checkpoint or finished, then exit 75 without Ray's teardown: Tune
+    would take the trials that returned for finished ones, and the restored sweep must pick them up.
+    A VM shutdown signals the trials' workers too, so a trial may commit before this even starts."""
+    t0, running = notice_ts - 2.0, _in_flight()
     for name in running:
         ray.get_actor(board_name(name), namespace=NAMESPACE).post.remote("sigterm", grace_s)
 
@@ -187,11 +188,11 @@ def drain(trials, grace_s: float, events) -> None:
         kinds = {e["kind"] for e in read_events(trials, name) if e["ts"] >= t0}
         return bool(kinds & {"preempted", "finish"})
 
-    while time.time() - t0 < grace_s and not all(settled(n) for n in running):
+    while time.time() < notice_ts + grace_s - 1.0 and not all(settled(n) for n in running):
         time.sleep(0.5)
     done = sum(settled(n) for n in running)
     with contextlib.suppress(Exception):  # nothing may keep this exit from happening
-        events.emit("preemption_notice", source="sigterm", notice_ts=round(t0, 3))
+        events.emit("preemption_notice", source="sigterm", notice_ts=round(notice_ts, 3))
         events.emit("preempted", saved=bool(done), trials_committed=done, trials_running=len(running))
     sys.stderr.write(f"spotrun: preempted; {done}/{len(running)} running trials committed; exit 75\n")
     sys.stderr.flush()
@@ -261,7 +262,8 @@ class SweepJob:
 
 
 def _drain_in_thread(trials, attempt) -> None:
-    threading.Thread(target=drain, args=(trials, attempt.grace_s, attempt.events), daemon=True).start()
+    args = (trials, attempt.grace_s, attempt.events, attempt.notice.ts)
+    threading.Thread(target=drain, args=args, daemon=True).start()
 
 
 def prepare(cfg: DictConfig) -> SweepJob:
