@@ -61,7 +61,7 @@ report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
 runs: $(STAMP)  ## Every run under a storage root (ROOT=runs or s3://..., ARGS="--watch --prometheus FILE")
 	$(PY) -m spotrun runs $(or $(ROOT),runs) $(ARGS)
 
-test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers, ~35-40 min on 2 cores)
+test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers; see README for its time)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(STAMP)  ## Run the tests that start no Ray cluster (seconds)
