@@ -58,9 +58,9 @@ class EventLog:
 
     def _write(self, kind: str, fields: dict) -> dict:
         event = {"ts": round(time.time(), 3), "kind": kind, "source": self.source, "pid": os.getpid()}
-        if self.epoch is not None:
-            event["epoch"] = self.epoch
         event.update(fields)
+        if self.epoch is not None:  # the lease's epoch; no field may stand in for it
+            event["epoch"] = self.epoch
         line = (json.dumps(event, sort_keys=True) + "\n").encode()
         if self.storage.is_local:
             os.makedirs(posixpath.dirname(self.path), exist_ok=True)

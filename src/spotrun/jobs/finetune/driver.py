@@ -12,6 +12,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from spotrun.core import config as C
 from spotrun.core.config import validate
+from spotrun.core.events import read_events
 from spotrun.core.paths import REPO_ROOT
 from spotrun.core.storage import storage_from_cfg
 from spotrun.jobs.finetune.loop import train_loop
@@ -93,14 +94,32 @@ class FinetuneJob:
         job[JOB_KEY] = attempt.lease.epoch  # the workers fence their writes with it
         job["phases"] = {**attempt.phases, "fit": time.time()}  # rank 0 records them at its first step
         print(f"spotrun: run {self.run_name!r} in {self.storage.path(self.run_name)}")
-        result = build_trainer(self.cfg, self.run_name, self.storage, job).fit()
-        last = result.metrics or {}
+        build_trainer(self.cfg, self.run_name, self.storage, job).fit()
         if is_finished(self.storage, self.run_name):
             print(
                 f"spotrun: run {self.run_name!r} finished: {summary(read_final_metrics(self.storage, self.run_name))}"
             )
             return Outcome(finished=True)
-        return Outcome(saved=last.get("saved")) if last.get("preempted") else Outcome()
+        return Outcome(saved=self._saved_at_notice(attempt.phases.get("lease", 0.0)))
+
+    def _saved_at_notice(self, since: float) -> str | None:
+        """What rank 0's notice path committed in this attempt (its `preempted` event), or None
+        (one read of the events, after the workers are done; Ray's result carries no checkpointless
+        report's metrics)."""
+        ours = [
+            e
+            for e in read_events(self.storage, self.run_name)
+            if e["kind"] == "preempted" and e["source"] == "rank0" and e["ts"] >= since
+        ]
+        if not ours:
+            return None
+        e = ours[-1]
+        newest = f"checkpoint at step {e['committed']}" if e.get("committed") else "none yet"
+        return (
+            f"checkpoint at step {e['step']} committed"
+            if e["saved"]
+            else f"nothing new to save; newest commit: {newest}"
+        )
 
 
 def prepare(cfg) -> FinetuneJob:

@@ -169,7 +169,7 @@ def _announce(w: Worker, resumed: int | None) -> None:
         w.events.emit("start", world_size=w.world, **w.meta["metrics_before"])
     else:
         w.meta["resumes"] = w.meta.get("resumes", 0) + 1
-        w.events.emit("resume", step=resumed, world_size=w.world, epoch=w.pos.epoch, offset=w.pos.offset)
+        w.events.emit("resume", step=resumed, world_size=w.world, data_epoch=w.pos.epoch, offset=w.pos.offset)
 
 
 def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
