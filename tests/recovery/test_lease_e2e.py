@@ -34,8 +34,9 @@ def test_two_live_attempts_older_stops_newer_finishes_identical(
         monkeypatch.setenv(k, v)
     storage, name = open_storage(srv.root), "two-attempts"
     store = CheckpointStore(storage, name)
-    args = args_for(srv.root, name, ["debug.step_sleep_s=0.5"])  # the older outlives the newer's start
-    old = launch(args, tmp_path / "old.txt", srv.env())
+    args = args_for(srv.root, name)
+    # the older runs slowly (same numbers): still training when the newer, at full speed, takes the lease
+    old = launch([*args, "debug.step_sleep_s=1.0"], tmp_path / "old.txt", srv.env())
     new = None
     try:
         wait_for(lambda: store.committed_steps(), old, timeout=300, what="the older attempt's first commit")
