@@ -16,13 +16,18 @@ import uuid
 from urllib.parse import quote
 
 
-def create_local(path: str, data: bytes) -> bool:
+def write_synced(path: str, data: bytes) -> None:
+    """Write a local file and fsync it (the temp copy a rename or link then publishes whole)."""
     os.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def create_local(path: str, data: bytes) -> bool:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    write_synced(tmp, data)
     try:
         os.link(tmp, path)  # fails with EEXIST if the name exists; never replaces
     except FileExistsError:

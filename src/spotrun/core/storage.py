@@ -125,12 +125,8 @@ class Storage:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        os.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        conditional.write_synced(tmp, data)
         os.replace(tmp, path)
 
     @_retry

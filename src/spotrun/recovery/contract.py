@@ -160,8 +160,7 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
     grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
     attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
     attempt.phases = {"start": started_ts, **(phases or {}), "lease": time.time()}
-    DEADLINE.configure(grace_s, events)
-    notice.on_notice(DEADLINE.start)  # a no-op when main() already armed it
+    DEADLINE.configure(grace_s, events)  # main() started listening for the notice already
     outcome, error = _work(job, attempt)
     if outcome.finished:
         return EXIT_OK
