@@ -45,7 +45,14 @@ def _init(address: str) -> None:
         logging_level=logging.WARNING,
         configure_logging=True,
         runtime_env={
-            "env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"},
+            # transformers reads its verbosity and progress bars from the environment: no worker
+            # (Ray Train's controller and helper actors included) has to import it to be quiet
+            "env_vars": {
+                "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "TRANSFORMERS_VERBOSITY": "error",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            },
             "worker_process_setup_hook": "spotrun.recovery.runtime.quiet_worker_logs",
         },
     )
@@ -63,18 +70,14 @@ def shutdown_ray() -> None:
 
 
 def quiet_worker_logs() -> None:
-    """Runs in every Ray worker process: silence messages that are noise in a local cluster.
-
-    Ray Train's placement-group cleaner polls the state API, which needs the dashboard we skip, and
-    warns every second; Ray Train logs each report at INFO; transformers prints load reports."""
+    """Runs in every Ray worker process (Train's controller and helper actors too, so it imports
+    nothing heavy): silence messages that are noise in a local cluster. Ray Train's placement-group
+    cleaner polls the state API, which needs the dashboard we skip, and warns every second; Ray Train
+    logs each report at INFO. transformers is quieted by the environment (`_init`)."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
         logging.ERROR
     )
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def placement(cfg) -> dict:

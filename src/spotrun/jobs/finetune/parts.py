@@ -1,6 +1,6 @@
 """The swappable parts of a fine-tune, built from their config groups by `_target_`
 (hydra.utils.instantiate): the optimizer (conf/optimizer/) and the learning-rate schedule
-(conf/scheduler/). The task is in tasks/. `check_parts` imports every target before Ray starts."""
+(conf/scheduler/). The task is in tasks/. `check_parts` finds every target before Ray starts."""
 
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ def _importable(group: str, node) -> None:
     target = node.get("_target_") if node else None
     if not target:
         raise ConfigError(f"{group}={target!r}: expected a config in conf/{group}/ with a _target_")
-    locate(f"{group}._target_", target)
+    locate(f"{group}._target_", target, load=False)  # instantiated in the workers
 
 
 def check_parts(cfg) -> type:
-    """Import the task, optimizer and scheduler targets; returns the task class. ConfigError if not."""
+    """Find the task, optimizer and scheduler targets (the task imported: its class checks the
+    model); returns the task class. ConfigError if one is not there."""
     cls = task_class(cfg)
     _importable("optimizer", cfg.get("optimizer"))
     _importable("scheduler", cfg.get("scheduler"))

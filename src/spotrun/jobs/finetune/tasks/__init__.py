@@ -73,14 +73,19 @@ class Task(Protocol):
     # the task cannot train) and `extra_states(self) -> dict[str, Stateful]` (checkpointed with the rest).
 
 
-def locate(key: str, target: str | None):
+def locate(key: str, target: str | None, load: bool = True):
     """What the dotted `target` names ("package.module.Name"); a one-line ConfigError if it cannot be
-    imported. (hydra.utils.get_class logs a multi-line error before raising: not used here.)"""
+    imported. (hydra.utils.get_class logs a multi-line error before raising: not used here.)
+    load=False only checks the name is there: a lazily importing package (transformers) lists its
+    names without loading them, so the driver need not import what only the workers build (~5 s)."""
     import importlib
 
     module, _, name = (target or "").rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
+        found = importlib.import_module(module)
+        if not load and name not in vars(found) and name in dir(found):
+            return None  # listed by a lazy module: the workers import it
+        return getattr(found, name)
     except (ImportError, AttributeError, ValueError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{key}={target!r}: expected an importable class or function ({reason})") from None
