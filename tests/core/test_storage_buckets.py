@@ -2,6 +2,7 @@
 
 S3: the spot notice (SIGTERM) uploads the final checkpoint before exit; then the newest checkpoint is
 corrupted and a pickle is planted, and the relaunch skips the bad one and still ends bit-identical.
+`spotrun runs` lists the run as running, preempted, then finished with one reclaim survived.
 GCS: the server dies mid-upload and comes back; the pipeline is SIGKILLed mid-upload; the relaunch
 ends bit-identical. No secret reaches anything spotrun writes.
 """
@@ -15,10 +16,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, args_for, assert_identical, kill_tree, launch, run, wait_for
+from conftest import (
+    REPO,
+    args_for,
+    assert_identical,
+    check_prometheus,
+    kill_tree,
+    launch,
+    run,
+    spotrun_runs,
+    states,
+    wait_for,
+)
 from servers import SECRET
 
 from spotrun.core.storage import open_storage
+from spotrun.ops import runs
 from spotrun.recovery.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow
@@ -54,11 +67,17 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     # S3 on AWS: a 2-minute notice; slower steps (same numbers) so the notice lands mid-run
     args = args_for(s3_server.root, name, ["cloud=aws", "debug.step_sleep_s=0.3"])
     proc = launch(args, log, s3_server.env())
-    wait_for(lambda: any(s >= 8 for s in committed(s3_server, name)), proc, what="first commit in S3")
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=60)
-    kill_tree(proc)
+    try:
+        wait_for(lambda: any(s >= 8 for s in committed(s3_server, name)), proc, what="first commit in S3")
+        seen = {r.run: r for r in runs.collect(open_storage(s3_server.root))}[name]  # `spotrun runs`' rows
+        assert seen.state == "running" and seen.checkpoint_age_s is not None, seen
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        kill_tree(proc)
     assert code == 75, log.read_text()[-3000:]  # inside the wait: the notice's deadline is 25 s
+    p = spotrun_runs(s3_server.root, env=s3_server.env())
+    assert p.returncode == 0 and states(p.stdout)[name][2] == "preempted", p.stdout + p.stderr
     (pre,) = [e for e in bucket_events(s3_server, name) if e["kind"] == "preempted"]
     assert pre["step"] in committed(s3_server, name) and 0 < pre["durable_s"] < 60  # uploaded before exit
 
@@ -75,6 +94,12 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     assert [e["step"] for e in ev if e["kind"] == "checkpoint_skipped"] == [newest]
     assert [e["step"] for e in ev if e["kind"] == "resume"] == [previous]
     assert_identical(reference, download_run(s3_server, name, tmp_path))
+    prom = tmp_path / "s3.prom"
+    p = spotrun_runs(s3_server.root, "--prometheus", str(prom), env=s3_server.env())
+    line = states(p.stdout)[name]
+    assert line[2:5] == ["finished", "40/40", "1"], p.stdout  # one reclaim survived
+    assert line[-1] == "100%", p.stdout  # the one relaunch reached a first step
+    check_prometheus(prom, {name: "finished"})
     # The secret key was in the environment of every process; it is in nothing spotrun wrote.
     storage = open_storage(s3_server.root)
     written = [json.dumps(bucket_events(s3_server, name)).encode(), log.read_bytes()]

@@ -34,20 +34,26 @@ def test_help_lists_groups_and_usage(job):
     assert "Exit codes: 0 finished" in p.stdout
 
 
-def test_cfg_job_shows_the_override_and_starts_nothing(tmp_path):
+def test_cfg_job_shows_the_override_and_starts_nothing(tmp_path, capfd):
+    import ray
+
+    from pipelines.finetune import main
+
     root = tmp_path / "runs"
-    p = pipeline("--cfg", "job", "experiment=tiny", "trainer.lr=0.000123", f"storage.root={root}")
-    assert p.returncode == 0, p.stderr
-    assert "lr: 0.000123" in p.stdout and "experiment: tiny" in p.stdout
-    assert "hydra:" not in p.stdout  # --cfg job: the job's config only
-    assert not root.exists()  # no run folder, no lease, no Ray
-    assert "Started a local Ray instance" not in p.stdout + p.stderr
+    capfd.readouterr()
+    assert main(["--cfg", "job", "experiment=tiny", "trainer.lr=0.000123", f"storage.root={root}"]) == 0
+    out = capfd.readouterr().out
+    assert "lr: 0.000123" in out and "experiment: tiny" in out
+    assert "hydra:" not in out  # --cfg job: the job's config only
+    assert not root.exists() and not ray.is_initialized()  # no run folder, no lease, no Ray
 
 
-def test_cfg_for_a_job_with_its_own_experiments():
-    p = pipeline("--cfg", "job", "experiment=tiny", job="sweep")  # conf/sweep/experiment/tiny.yaml
-    assert p.returncode == 0, p.stderr
-    assert "experiment: tiny" in p.stdout
+def test_cfg_for_a_job_with_its_own_experiments(capfd):
+    from pipelines.sweep import main
+
+    capfd.readouterr()
+    assert main(["--cfg", "job", "experiment=tiny"]) == 0  # conf/sweep/experiment/tiny.yaml
+    assert "experiment: tiny" in capfd.readouterr().out
 
 
 def test_info_and_shell_completion():
@@ -77,11 +83,19 @@ def test_info_and_shell_completion():
         (["trainer.lr=[1,"], "trainer.lr"),
     ],
 )
-def test_mistakes_are_one_line_and_exit_2(args, key):
-    p = pipeline(*args)
-    assert p.returncode == 2, p.stdout + p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("spotrun: config error:") and key in lines[0], p.stderr
+def test_mistakes_are_one_line_and_exit_2(args, key, capfd):
+    """The entry point in this process (python -m pipelines.finetune calls the same main)."""
+    import ray
+
+    from pipelines.finetune import main
+
+    capfd.readouterr()
+    code = main(args)
+    out = capfd.readouterr()
+    assert code == 2, out.out + out.err
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spotrun: config error:") and key in lines[0], out.err
+    assert not ray.is_initialized()
 
 
 def test_multirun_point_names():

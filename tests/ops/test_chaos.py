@@ -22,29 +22,42 @@ def tails(r: subprocess.CompletedProcess, log) -> str:
     return r.stdout[-2000:] + r.stderr[-2000:] + log.read_text()[-3000:]
 
 
-def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, reference):
-    kinds = "group,hard,ckpt,metadata"  # group: SIGTERM to the whole process group, as a VM shutdown
+@pytest.mark.timeout(2400)  # seven launches and the shared reference run, on a possibly loaded host
+def test_every_kind_of_reclaim_in_one_run_loses_nothing(storage, reference):
+    """One run reclaimed six ways, relaunched after each: a VM shutdown (SIGTERM to every process:
+    driver, Ray's daemons, the Train workers) during start-up, mid-write and mid-run; a hard kill
+    mid-run and mid-write; a cloud metadata notice. Each notice ends in exit 75 with what it
+    committed said; nothing committed is lost; the last relaunch ends bit-identical."""
+    kinds = "group-start,group-ckpt,group,hard,ckpt,metadata"
     r = chaos(
         [
             "--schedule",
-            "at:3,3,0,3",  # the mid-write kill takes the first write of its attempt
+            # group-start: 1 s after the attempt's launch (before any step); the mid-write kinds (0)
+            # take the first write of their attempt; the others 2 s after its first step
+            "at:1,0,2,2,0,2",
             "--kinds",
             kinds,
             "--max-reclaims",
-            "4",
+            "6",
             "--no-verify",
             "--grace-s",
             "25",
         ],
-        # at most ~3 steps/s on any machine, so each reclaim lands well before step 40 (CI once
-        # finished the run before the mid-write kill found a write)
-        args_for(storage, "chaos", ["debug.step_sleep_s=0.3"]),
+        # at most ~3 steps/s on any machine, so every reclaim lands well before step 40 (CI once
+        # finished the run before a mid-write kill found a write); writes held 2 s to be hit mid-write
+        args_for(storage, "chaos", ["debug.step_sleep_s=0.3", "debug.write_sleep_s=2"]),
         storage / "log.txt",
+        timeout=2000,
     )
     assert r.returncode == 0, tails(r, storage / "log.txt")
     ev = events(storage / "chaos")
-    reclaims = [e["reclaim"] for e in ev if e["kind"] == "reclaim"]
-    assert reclaims == kinds.split(","), reclaims
+    assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == kinds.split(","), ev
+    ends = [ln.rsplit(" ", 1)[-1] for ln in r.stdout.splitlines() if "attempt ended with exit" in ln]
+    assert len(ends) == 7 and ends[-1] == "0", r.stdout[-2000:]
+    for kind, end in zip(kinds.split(","), ends[:-1], strict=True):
+        if kind.startswith("group") or kind == "metadata":  # a notice: exit 75, relaunch me
+            assert end == "75", (kind, r.stdout[-2000:])
+    assert not [e for e in ev if e["kind"] in ("failed", "preempted_timeout")]
     # nothing committed is lost: every resume starts from the newest checkpoint committed before it
     committed = -1
     for e in ev:
@@ -52,47 +65,28 @@ def test_notice_metadata_hard_and_mid_write_reclaims_lose_nothing(storage, refer
             committed = max(committed, e["step"])
         if e["kind"] == "resume":
             assert e["step"] == committed, (e, committed)
-    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm", "gcp"]
-    assert sum(e["kind"] == "preempted" for e in ev) == 2  # both notices ended in a durable checkpoint
+    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm"] * 3 + ["gcp"]
+    start_up, mid_write, mid_run, metadata = [e for e in ev if e["kind"] == "preempted"]
+    assert start_up["saved"] is False and start_up["committed"] is None  # nothing to save yet
+    for notice in (mid_write, mid_run, metadata):  # each notice ended in a durable checkpoint
+        assert notice["saved"] is True and notice["step"] > 0, notice
+    log = (storage / "log.txt").read_text()
+    assert "preempted; nothing new to save; newest commit: none yet; exit 75" in log
+    assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
+    resumes = [e for e in ev if e["kind"] == "resume"]
+    assert resumes[0]["step"] == mid_write["step"]  # the relaunch starts from the notice's commit
     # the report: a notice loses at most one step; a kill at most the checkpoint interval (8 steps)
     last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("goodput=") and "reclaims=4" in last, last
+    assert last.startswith("goodput=") and "reclaims=6" in last, last
     from spotrun.recovery.history import summarize
 
     s = summarize("chaos", ev)
     for restart in s.restarts:
-        limit = 1 if restart["kind"] in ("group", "metadata") else 8 + 8  # + the steps of an unfinished write
+        notice = restart["kind"].startswith("group") or restart["kind"] == "metadata"
+        limit = 1 if notice else 8 + 8  # + the steps of an unfinished write
         assert restart["lost_steps"] <= limit, restart
     assert (storage / "chaos" / "report" / "timeline.png").stat().st_size > 1000
     assert_identical(storage / "chaos", reference)
-
-
-@pytest.mark.timeout(1800)  # three launches and the shared reference run, on a possibly loaded host
-def test_whole_group_sigterm_at_start_up_and_mid_write_loses_nothing(storage, reference):
-    """A VM shutdown signals every process of the job (driver, Ray's daemons, the Train workers):
-    once during start-up (before any step) and once while a checkpoint is being written. Each
-    attempt exits 75 with what it committed said, and the relaunches end bit-identical."""
-    r = chaos(
-        ["--schedule", "at:1,0", "--kinds", "group-start,group-ckpt", "--max-reclaims", "2", "--no-verify"],
-        args_for(storage, "group", ["debug.step_sleep_s=0.3", "debug.write_sleep_s=2"]),
-        storage / "log.txt",
-    )
-    assert r.returncode == 0, tails(r, storage / "log.txt")
-    ends = [ln.rsplit(" ", 1)[-1] for ln in r.stdout.splitlines() if "attempt ended with exit" in ln]
-    assert ends == ["75", "75", "0"], r.stdout[-2000:]
-    ev = events(storage / "group")
-    assert [e["reclaim"] for e in ev if e["kind"] == "reclaim"] == ["group-start", "group-ckpt"]
-    assert not [e for e in ev if e["kind"] in ("failed", "preempted_timeout")]
-    start_up, mid_write = [e for e in ev if e["kind"] == "preempted"]
-    assert start_up["saved"] is False and start_up["committed"] is None  # nothing to save yet
-    assert mid_write["saved"] is True and mid_write["step"] > 0  # the notice's own commit
-    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm", "sigterm"]
-    log = (storage / "log.txt").read_text()
-    assert "preempted; nothing new to save; newest commit: none yet; exit 75" in log
-    assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
-    [resume] = [e for e in ev if e["kind"] == "resume"]
-    assert resume["step"] == mid_write["step"]  # the relaunch starts from the notice's commit
-    assert_identical(storage / "group", reference)
 
 
 def _stages(ev: list[dict]) -> list[bool]:

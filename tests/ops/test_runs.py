@@ -1,18 +1,29 @@
 """`spotrun runs`: runs of the real tiny fine-tune that finished, were preempted and are running,
-listed from their events on local disk and on the S3 server; the Prometheus file parses."""
+listed from their events on local disk (on the S3 server: tests/core/test_storage_buckets.py); the
+Prometheus file parses."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, TINY, events, kill_tree, launch, run, wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import (
+    REPO,
+    TINY,
+    check_prometheus,
+    events,
+    kill_tree,
+    launch,
+    preempt,
+    spotrun_runs,
+    states,
+    wait_for,
+)
 
 from spotrun.core.storage import open_storage
 from spotrun.ops import runs
@@ -21,45 +32,11 @@ FAST = [*TINY, "trainer.max_steps=12", "checkpoint.every_steps=4"]
 SLOW = [*FAST, "debug.step_sleep_s=0.5"]  # room to act mid-run
 
 
-def spotrun_runs(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "spotrun", "runs", "--plain", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def states(table: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split() for line in table.splitlines()[2:]}
-
-
-def preempt(args: list[str], committed, log, env: dict | None = None) -> None:
-    """Start a run, let it commit, SIGTERM its whole process group (a VM shutdown): exit 75."""
-    proc = launch(args, log, env)
-    try:
-        wait_for(committed, proc, what="a committed checkpoint", interval=1.0)
-        os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-
-
-def check_prometheus(path, expected: dict[str, str]) -> None:
-    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
-    info = {s.labels["run"]: s.labels["state"] for s in families["spotrun_run_info"].samples}
-    assert info == expected
-    assert {"spotrun_run_goodput_ratio", "spotrun_run_checkpoint_age_seconds"} <= set(families)
-    assert not list(path.parent.glob("*.tmp"))  # written whole, then renamed
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_local_finished_preempted_running_then_lost(storage, tmp_path):
+def test_local_finished_preempted_running_then_lost(storage, reference, tmp_path):
     log = tmp_path / "log.txt"
-    assert run([*FAST, f"storage.root={storage}", "run.name=done"], log) == 0, log.read_text()[-3000:]
+    shutil.copytree(reference, storage / "done")  # the shared uninterrupted run: finished, 40 steps
     preempt(
         [*SLOW, f"storage.root={storage}", "run.name=cut"],
         lambda: events(storage / "cut") and any(e["kind"] == "checkpoint" for e in events(storage / "cut")),
@@ -75,7 +52,7 @@ def test_local_finished_preempted_running_then_lost(storage, tmp_path):
         p = spotrun_runs(str(storage), "--prometheus", str(prom))
         assert p.returncode == 0, p.stderr
         rows = states(p.stdout)
-        assert rows["done"][1:4] == ["finetune", "finished", "12/12"], p.stdout
+        assert rows["done"][1:4] == ["finetune", "finished", "40/40"], p.stdout
         assert rows["cut"][2] == "preempted" and rows["live"][2] == "running", p.stdout
         check_prometheus(prom, {"done": "finished", "cut": "preempted", "live": "running"})
     finally:
@@ -85,34 +62,8 @@ def test_local_finished_preempted_running_then_lost(storage, tmp_path):
     assert later["done"].cost_usd is not None and later["done"].goodput > 0
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_s3_running_preempted_then_finished_after_a_resume(s3_server, tmp_path):
-    env = s3_server.env()
-    name = f"s3run-{int(time.time())}"
-    # 30 steps: the reclaim lands mid-run even when listing the bucket is slow
-    args = [*SLOW, "trainer.max_steps=30", f"storage.root={s3_server.root}", f"run.name={name}"]
-    storage = open_storage(s3_server.root, endpoint=s3_server.endpoint)
-    log = tmp_path / "log.txt"
-
-    def row():
-        listed = {r.run: r for r in runs.collect(storage)}
-        return listed.get(name)
-
-    def committed():
-        r = row()
-        return r is not None and r.checkpoint_age_s is not None and r.state == "running"
-
-    preempt(args, committed, log, env)  # seen running with a commit, then reclaimed
-    p = spotrun_runs(s3_server.root, env=env)
-    assert p.returncode == 0 and states(p.stdout)[name][2] == "preempted", p.stdout + p.stderr
-
-    assert run(args, log, env=env) == 0, log.read_text()[-3000:]  # the relaunch resumes and finishes
-    p = spotrun_runs(s3_server.root, "--prometheus", str(tmp_path / "s3.prom"), env=env)
-    line = states(p.stdout)[name]
-    assert line[2:5] == ["finished", "30/30", "1"], p.stdout  # one reclaim survived
-    assert line[-1] == "100%", p.stdout  # the one relaunch reached a first step
-    check_prometheus(tmp_path / "s3.prom", {name: "finished"})
+# Running on S3 with a commit, preempted, then finished after a resume (one reclaim survived):
+# tests/core/test_storage_buckets.py lists its S3 run with `spotrun runs` at each of those points.
 
 
 def test_watch_refreshes(storage, tmp_path):
@@ -127,7 +78,15 @@ def test_watch_refreshes(storage, tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(12)  # start-up on a loaded machine, then a few refreshes
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and out.count("spotrun runs under") >= 2, out
+    out = []
+    try:
+        for line in proc.stdout:  # until the second table (the first refresh) is printed
+            out.append(line)
+            if sum("spotrun runs under" in x for x in out) >= 2:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    text = "".join(out) + rest
+    assert proc.returncode == 0 and text.count("spotrun runs under") >= 2, text

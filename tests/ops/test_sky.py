@@ -217,21 +217,30 @@ def test_dryrun_prints_valid_task_without_secret_values(private_sky_home, tmp_pa
         ),
     ],
 )
-def test_bad_launch_config_is_one_line_exit_2(args, key, private_sky_home):
+def test_bad_launch_config_is_one_line_exit_2(args, key, capfd):
+    """`spotrun launch` in this process (the private HOME is this module's): one line, exit 2."""
+    from spotrun.ops.cli import main
+
     job = [] if args[0] == "sweep" else ["finetune"]
-    out = cli([*job, "--dryrun", *args], private_sky_home, timeout=120)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"spotrun: config error: {key}"), out.stderr
-    assert out.stdout == ""
+    capfd.readouterr()
+    code = main(["launch", *job, "--dryrun", *args])
+    out = capfd.readouterr()
+    assert code == 2, out.err
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"spotrun: config error: {key}"), out.err
+    assert out.out == ""
 
 
-def test_missing_cloud_extra_is_one_line_exit_2(private_sky_home):
+def test_missing_cloud_extra_is_one_line_exit_2(capfd):
     if launch.importlib.util.find_spec("googleapiclient") is not None:
         pytest.skip("skypilot[gcp] is installed here: the missing-extra path cannot be shown")
-    out = cli(["finetune", "cloud=gcp", f"storage.root={BUCKET}"], private_sky_home, timeout=120)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip() == (
+    from spotrun.ops.cli import main
+
+    capfd.readouterr()
+    code = main(["launch", "finetune", "cloud=gcp", f"storage.root={BUCKET}"])
+    out = capfd.readouterr()
+    assert code == 2, out.err
+    assert out.err.strip() == (
         "spotrun: no access to gcp: SkyPilot's gcp extra is not installed; run `pip install -e '.[gcp]'`, "
         "set up gcp credentials, then `sky check gcp`"
     )

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import ray
 from conftest import assert_identical, events, kill_tree, launch, run, wait_for
 
 # The user's own encoder: an architecture MiniLM does not have (MiniLM: 384 wide, 6 layers).
@@ -44,39 +45,37 @@ def base(root: Path, name: str, model: Path, extra: list[str] = ()) -> list[str]
     ]
 
 
-def config_error(root: Path, args: list[str]) -> str:
-    """Run the pipeline expecting exit 2; returns its one output line (and checks Ray never started)."""
-    log = root / "err.txt"
-    log.unlink(missing_ok=True)
-    assert run(args, log, timeout=300) == 2, log.read_text()[-2000:]
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+def config_error(capfd, args: list[str]) -> str:
+    """Run the pipeline in this process expecting exit 2; returns its one output line (every byte
+    written to stdout and stderr) and checks Ray never started."""
+    from pipelines.finetune import main
+
+    capfd.readouterr()
+    assert main(args) == 2
+    out = capfd.readouterr()
+    lines = [ln for ln in (out.out + out.err).splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("spotrun: config error: "), lines
+    assert not ray.is_initialized()
     return lines[0]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
-def test_the_users_own_encoder_folder_is_what_trains(storage, own_encoder):
-    args = base(storage, "own", own_encoder, ["trainer.max_steps=8", "checkpoint.every_steps=4"])
-    assert run(args, storage / "log.txt") == 0, (storage / "log.txt").read_text()[-3000:]
-    trained = json.loads((storage / "own" / "final" / "config.json").read_text())
-    assert {k: trained[k] for k in OWN} == OWN  # not MiniLM's 384 x 6 from model.local_package
-
-
-def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(storage, own_encoder):
-    line = config_error(storage, base(storage, "e1", storage / "no-such-model"))
+def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(storage, own_encoder, capfd):
+    line = config_error(capfd, base(storage, "e1", storage / "no-such-model"))
     assert f"model.name='{storage}/no-such-model'" in line
-    line = config_error(storage, base(storage, "e2", own_encoder, ["task=nope"]))
+    line = config_error(capfd, base(storage, "e2", own_encoder, ["task=nope"]))
     assert "task='nope'" in line and "classify" in line  # names the tasks there are
-    line = config_error(storage, base(storage, "e3", own_encoder, ["task._target_=spotrun.no.Task"]))
+    line = config_error(capfd, base(storage, "e3", own_encoder, ["task._target_=spotrun.no.Task"]))
     assert "task._target_='spotrun.no.Task'" in line
-    line = config_error(storage, base(storage, "e4", own_encoder, ["optimizer._target_=torch.optim.Nope"]))
+    line = config_error(capfd, base(storage, "e4", own_encoder, ["optimizer._target_=torch.optim.Nope"]))
     assert "optimizer._target_='torch.optim.Nope" in line
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
-def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage, own_encoder):
+@pytest.mark.timeout(1800)  # two Ray launches; minutes each on a loaded 2-core host
+def test_the_users_own_encoder_trains_and_its_resume_refuses_changed_settings(storage, own_encoder, capfd):
+    """The user's folder, named by model.name alone, is what trains (not MiniLM's 384 x 6 from
+    model.local_package); a relaunch that changes what its checkpoints trained is refused before Ray;
+    a longer trainer.max_steps is taken."""
     extra = ["trainer.max_steps=16", "checkpoint.every_steps=4", "debug.step_sleep_s=0.5"]
     args = base(storage, "fp", own_encoder, extra)
     proc = launch(args, storage / "log.txt")
@@ -93,7 +92,7 @@ def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage,
         ("task=classify", "task._target_"),
         ("model.name=sentence-transformers/all-MiniLM-L6-v2", "model.name"),
     ]:
-        line = config_error(storage, [*args, change])
+        line = config_error(capfd, [*args, change])
         assert "run.name='fp'" in line and key in line, line
     log = storage / "log2.txt"
     assert run([*args, "trainer.max_steps=20", "debug.step_sleep_s=0"], log) == 0, log.read_text()[-3000:]
@@ -102,6 +101,8 @@ def test_a_resume_refuses_changed_settings_and_takes_a_longer_max_steps(storage,
         "resume" in kinds
         and json.loads((storage / "fp" / "final" / "metrics.json").read_text())["step"] == 20
     )
+    trained = json.loads((storage / "fp" / "final" / "config.json").read_text())
+    assert {k: trained[k] for k in OWN} == OWN  # the user's architecture, not MiniLM's
 
 
 @pytest.mark.slow

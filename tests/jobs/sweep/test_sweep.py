@@ -1,5 +1,5 @@
 """`make sweep` on a real local Ray cluster: Ray Tune over the real fine-tune job, 1 worker per
-trial, 2 trials at a time; reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM."""
+trial, 2 trials at a time (the tests run 2, so all start together); reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TINY = ["experiment=tiny", "data.eval_size=16", *TINY_MODEL_ARGS]
 
 
 # 15 steps: checkpoints at 5 and 10, so a reclaim always lands mid-trial. The timeout allows for
-# cores shared with other test runs (4 trials take ~2 min on 2 idle cores, 10+ min on a busy host).
+# cores shared with other test runs (2 trials take ~1 min on 2 idle cores, several on a busy host).
 SLOW_TIMEOUT_S = 1800
 
 
@@ -69,7 +69,8 @@ def first_checkpoint(run_dir: Path) -> dict | None:
 @pytest.mark.timeout(SLOW_TIMEOUT_S)
 def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
     log, run_dir = storage / "log.txt", storage / "tiny"
-    proc = launch(sweep_args(storage, "tiny"), log, module="pipelines.sweep")
+    # two trials, both running at once (sweep.concurrency=2): one wave of trial start-ups
+    proc = launch(sweep_args(storage, "tiny", ["sweep.num_trials=2"]), log, module="pipelines.sweep")
     try:
         ckpt = wait_for(lambda: first_checkpoint(run_dir), proc, timeout=600, what="a trial checkpoint")
         os.kill(ckpt["pid"], signal.SIGKILL)  # that trial's only Train worker, mid-trial
@@ -77,7 +78,7 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
     finally:
         kill_tree(proc)
     rows = results(run_dir)
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "stopped_early"}
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped_early"}
     assert all(r["loss"] for r in rows) and any(r["status"] == "finished" for r in rows)
     killed = kinds(ckpt["trial"])  # ASHA may still stop it early after the retry: no finish needed
     assert killed.count("start") == 1, killed
@@ -97,7 +98,7 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
 def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resumes_them(storage):
     """A VM shutdown mid-sweep: SIGTERM to every process (driver, Ray's daemons, the trials' Train
     workers). Each running trial commits its step, the sweep exits 75, the rerun restores it."""
-    args = sweep_args(storage, "reclaimed", ["sweep.scheduler=none", "sweep.num_trials=3"])
+    args = sweep_args(storage, "reclaimed", ["sweep.scheduler=none", "sweep.num_trials=2"])
     log, run_dir = storage / "log.txt", storage / "reclaimed"
     proc = launch(args, log, module="pipelines.sweep")
     try:
@@ -117,9 +118,9 @@ def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resu
     assert run_sweep(args, log) == 0, log.read_text()[-3000:]
     assert "restoring sweep" in log.read_text()
     rows = results(run_dir)
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"finished"}, rows
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}, rows
     history = {t.name: kinds(t) for t in trial_dirs(run_dir)}
-    assert len(history) == 3
+    assert len(history) == 2
     for trial, seen in history.items():
         assert seen.count("finish") == 1, (trial, seen)
     for trial, step in committed.items():  # no trial with a checkpoint started over

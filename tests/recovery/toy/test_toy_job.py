@@ -37,18 +37,16 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
         ("toy.step_s=slow", "toy.step_s='slow': expected a value of type float"),
     ],
 )
-def test_toy_job_bad_config_is_one_line_exit_2(override, line, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(TOY), f"storage.root={tmp_path}", "run.name=t", override],
-        cwd=REPO,
-        env=pipeline_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(f"spotrun: config error: {line}"), err
-    assert not (tmp_path / "t").exists()
+def test_toy_job_bad_config_is_one_line_exit_2(override, line, tmp_path, capfd):
+    """The contract's entry point in this process, as toy_job.py's `__main__` calls it."""
+    import ray
+    import toy_job
+
+    capfd.readouterr()
+    code = toy_job.contract.main(toy_job.KIND, [f"storage.root={tmp_path}", "run.name=t", override])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"spotrun: config error: {line}"), err
+    assert not (tmp_path / "t").exists() and not ray.is_initialized()
 
 
 @pytest.mark.slow
