@@ -61,11 +61,16 @@ report: $(STAMP)  ## Goodput and cost of a run (RUN=name or storage URI)
 runs: $(STAMP)  ## Every run under a storage root (ROOT=runs or s3://..., ARGS="--watch --prometheus FILE")
 	$(PY) -m spotrun runs $(or $(ROOT),runs) $(ARGS)
 
-test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers; see README for its time)
-	$(PY) -m pytest $(ARGS)
+# Two pytest-xdist workers, one test file each at a time: a run that sleeps between paced steps or
+# waits on a notice leaves a core idle, and the other worker's test takes it. Shared runs (the
+# reference runs of tests/conftest.py) are made once, under a file lock.
+XDIST := -n 2 --dist loadfile
 
-test-fast: $(STAMP)  ## Run the tests that start no Ray cluster (seconds)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers; see README for its time)
+	$(PY) -m pytest $(XDIST) $(ARGS)
+
+test-fast: $(STAMP)  ## Run the tests that start no Ray cluster
+	$(PY) -m pytest -m "not slow" $(XDIST) $(ARGS)
 
 lint: $(STAMP)  ## ruff check + format check + the architecture contracts (import-linter)
 	$(PY) -m ruff check .

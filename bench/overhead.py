@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, RESULTS, busy_note, fmt, print_table, read_events, unique_name, write_results
+from spotrun.core.paths import scratch_dir
+from spotrun.core.storage import open_storage
 
 GOAL_PCT = 3.0
 # where the loop's time goes besides the step itself (bench --py-spy): spotrun functions of loop.py
@@ -173,7 +175,9 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
                 cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
             )
     finally:
-        shutil.rmtree(REPO / ".spotrun" / name, ignore_errors=True)  # the run's local scratch folder
+        shutil.rmtree(
+            scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True
+        )  # the run's local scratch folder
     events = read_events(root, name)
     finish = next((e for e in events if e["kind"] == "finish"), {})
     if run.returncode != 0 or "loop_s" not in finish:

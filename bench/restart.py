@@ -31,6 +31,8 @@ from pathlib import Path
 
 from bench.common import REPO, busy_note, fmt, kill_tree, print_table, unique_name, write_results
 from bench.startup import Launch
+from spotrun.core.paths import scratch_dir
+from spotrun.core.storage import open_storage
 from spotrun.recovery.history import PHASES, phase_seconds
 
 GOAL_RATIO = 1.25
@@ -111,7 +113,7 @@ def pairs(args: argparse.Namespace, workdir: str) -> list[dict]:
             print(f"pair {i + 1}: bare {b:.1f} s, spotrun {sp:.1f} s, ratio {ratio:.2f}", flush=True)
             write_results("restart", {"settings": vars(args), **summarize(out), "pairs": out})  # so far
     finally:
-        shutil.rmtree(REPO / ".spotrun" / name, ignore_errors=True)
+        shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     return out
 
 

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, busy_note, fmt, kill_tree, print_table, read_events, unique_name, write_results
+from spotrun.core.paths import scratch_dir
+from spotrun.core.storage import open_storage
 
 REFERENCE_S = {"fresh_first_step_s": 16.0, "relaunch_first_step_s": 28.0}  # PLATFORM.md, 2 cores
 
@@ -122,7 +124,9 @@ def one_round(args: argparse.Namespace, workdir: str) -> dict:
         for launch in (fresh, again):
             if launch is not None:
                 launch.kill()
-        shutil.rmtree(REPO / ".spotrun" / name, ignore_errors=True)  # the run's local scratch folder
+        shutil.rmtree(
+            scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True
+        )  # the run's local scratch folder
     t0, t1 = fresh.t0, again.t0
     return {
         "fresh_first_step_s": first["ts"] - t0,

@@ -205,11 +205,28 @@ def assert_identical(a: Path, b: Path) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def shared_run(tmp_path_factory, folder: str, args_for_root) -> Path:
+    """A run made once per test session and shared by every xdist worker (`make test` runs two):
+    the first worker to ask makes it under a file lock, the others wait and read it. Returns the
+    run folder (`<root>/ref`); a failed run fails every test that asks, with its log."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder every worker's own base temp sits in
+    root = base / folder
+    with FileLock(f"{root}.lock"):
+        if not (root / "exit").exists():
+            root.mkdir(exist_ok=True)
+            code = run(args_for_root(root), root / "log.txt", timeout=900)
+            (root / "exit").write_text(str(code))
+    assert (root / "exit").read_text() == "0", (root / "log.txt").read_text()[-3000:]
+    return root / "ref"
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reference")
-    assert run(args_for(root, "ref"), root / "log.txt") == 0, (root / "log.txt").read_text()[-3000:]
-    return root / "ref"
+    return shared_run(tmp_path_factory, "reference", lambda root: args_for(root, "ref"))
 
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -264,10 +281,7 @@ def lm_args(tiny_lm: Path, root, name: str, extra: list[str] = ()) -> list[str]:
 @pytest.fixture(scope="session")
 def lm_reference(tiny_lm, tmp_path_factory) -> Path:
     """One uninterrupted LoRA run (DDP) of the tiny LM: its reclaimed runs must match it."""
-    root = tmp_path_factory.mktemp("lm-reference")
-    log = root / "log.txt"
-    assert run(lm_args(tiny_lm, root, "ref"), log, timeout=900) == 0, log.read_text()[-3000:]
-    return root / "ref"
+    return shared_run(tmp_path_factory, "lm-reference", lambda root: lm_args(tiny_lm, root, "ref"))
 
 
 def adapter(run_dir: Path) -> dict:

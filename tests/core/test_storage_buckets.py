@@ -30,6 +30,7 @@ from conftest import (
 )
 from servers import SECRET
 
+from spotrun.core.paths import scratch_dir
 from spotrun.core.storage import open_storage
 from spotrun.ops import runs
 from spotrun.recovery.checkpoint import CheckpointStore
@@ -105,7 +106,9 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     written = [json.dumps(bucket_events(s3_server, name)).encode(), log.read_bytes()]
     for step in store.committed_steps():
         written.append(storage.read_bytes(f"{store.dir_for(step)}/state.json"))
-    written += [p.read_bytes() for p in (REPO / ".spotrun" / name).rglob("*") if p.is_file()]
+    scratch = Path(scratch_dir(str(REPO), storage.uri, name))  # this machine's scratch folder of the run
+    assert scratch.is_dir()
+    written += [p.read_bytes() for p in scratch.rglob("*") if p.is_file()]
     assert not any(SECRET.encode() in blob for blob in written)
 
 
@@ -116,7 +119,7 @@ def test_gcs_outage_and_kill_mid_upload_then_resume_bit_identical(
         monkeypatch.setenv(k, v)
     log, name = tmp_path / "log.txt", "gcs-outage"
     args = args_for(gs_server.root, name, ["debug.step_sleep_s=0.5"])  # slower steps, same numbers
-    staging = REPO / ".spotrun" / name / "staging"
+    staging = Path(scratch_dir(str(REPO), open_storage(gs_server.root).uri, name)) / "staging"
 
     def uploading() -> bool:
         return staging.exists() and any(staging.rglob("*.safetensors"))

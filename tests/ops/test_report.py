@@ -78,6 +78,31 @@ def test_summary_of_a_run_with_one_hard_kill():
     assert "| 1 | hard | 20 | 16 | 4 |" in markdown(s)
 
 
+def test_a_reclaim_during_start_up_counts_and_the_next_one_keeps_its_own_kind():
+    """A VM reclaimed before its first step (nothing trained): one restart, 0 steps lost; the later
+    mid-run reclaim is reported as itself, not as the start-up one."""
+    ev = [
+        {"ts": 0.0, "kind": "launch", "started_ts": 0.0},
+        {"ts": 2.0, "kind": "reclaim", "reclaim": "group-start"},
+        {"ts": 3.0, "kind": "preemption_notice", "source": "sigterm"},
+        {"ts": 3.1, "kind": "preempted", "saved": False},
+        {"ts": 10.0, "kind": "launch"},
+        {"ts": 20.0, "kind": "start", "step": 0},
+        {"ts": 21.0, "kind": "first_step", "step": 1},
+        {"ts": 28.0, "kind": "checkpoint", "step": 8, "blocked_s": 0.0},
+        {"ts": 30.0, "kind": "reclaim", "reclaim": "hard"},
+        {"ts": 35.0, "kind": "launch"},
+        {"ts": 45.0, "kind": "resume", "step": 8},
+        {"ts": 46.0, "kind": "first_step", "step": 9},
+        {"ts": 77.0, "kind": "finish", "step": 40},
+    ]
+    s = summarize("r", ev)
+    assert s.reclaims == 2
+    start_up, hard = s.restarts
+    assert (start_up["kind"], start_up["lost_steps"], start_up["restart_s"]) == ("group-start", 0, 19.0)
+    assert (hard["kind"], hard["resumed_step"]) == ("hard", 8)
+
+
 def _phased(events: list[dict], offsets: list[dict]) -> list[dict]:
     """The run above, each attempt's first_step carrying its restart budget (seconds from its start)."""
     firsts = iter(offsets)

@@ -30,7 +30,7 @@ import time
 
 from spotrun.core import config as C
 from spotrun.core.events import EventLog, read_events
-from spotrun.core.paths import REPO_ROOT
+from spotrun.core.paths import REPO_ROOT, scratch_dir
 from spotrun.core.storage import storage_from_cfg
 from spotrun.ops.chaos_verify import compare_final, final_line
 from spotrun.ops.metadata_server import MetadataServer
@@ -133,7 +133,7 @@ class Market:
     def write_in_flight(self) -> bool:
         """A checkpoint folder without its manifest, or a staging copy: a write is in progress."""
         ck = self.storage.path(self.run_name, "checkpoints")
-        staging = os.path.join(REPO, ".spotrun", self.run_name, "staging")
+        staging = os.path.join(scratch_dir(REPO, self.storage.uri, self.run_name), "staging")
         if os.path.isdir(staging) and any(os.scandir(staging)):
             return True
         if not self.storage.is_local or not os.path.isdir(ck):

@@ -95,8 +95,11 @@ def _restarts(events: list[dict]) -> list[Restart]:
         attempt += k == "launch"
         if k in ("reclaim", "preemption_notice") and reclaim is None:
             reclaim = e
-        elif k == "resume" or (k == "start" and last_ts is not None and furthest > 0):
-            # a resume, or a start over after progress (lost before the first checkpoint committed)
+        elif k == "resume" or (
+            k == "start" and (reclaim is not None or (last_ts is not None and furthest > 0))
+        ):
+            # a resume; a start over after progress (lost before the first checkpoint committed); or
+            # a start over after a reclaim in start-up (nothing trained yet: it cost the restart only)
             e = {**e, "step": e.get("step", 0)}
             at = reclaim["ts"] if reclaim else (last_ts or e["ts"])
             kind = reclaim.get("reclaim", reclaim.get("source", "notice")) if reclaim else "unannounced"

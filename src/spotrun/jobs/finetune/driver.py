@@ -3,7 +3,6 @@ contract (spotrun.recovery.contract: the notice, the commit, the exit code)."""
 
 from __future__ import annotations
 
-import os
 import time
 
 from omegaconf import OmegaConf
@@ -13,7 +12,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from spotrun.core import config as C
 from spotrun.core.config import validate
 from spotrun.core.events import read_events
-from spotrun.core.paths import REPO_ROOT
+from spotrun.core.paths import REPO_ROOT, scratch_dir
 from spotrun.core.storage import storage_from_cfg
 from spotrun.jobs.finetune.loop import train_loop
 from spotrun.jobs.finetune.outputs import final_dir, is_finished, read_final_metrics
@@ -25,14 +24,14 @@ from spotrun.recovery.lease import JOB_KEY
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 
-def job_spec(cfg, repo_root: str, run_name: str, model_path: str) -> dict:
+def job_spec(cfg, repo_root: str, run_name: str, model_path: str, storage_uri: str) -> dict:
     """What every rank's `train_loop` needs: plain data only (it is pickled to the workers)."""
     return {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
         "run_name": run_name,
         "repo_root": repo_root,
         "model_path": model_path,
-        "local_dir": os.path.join(repo_root, ".spotrun", run_name),
+        "local_dir": scratch_dir(repo_root, storage_uri, run_name),
         # rank 0 hands over to on-demand when the projected spot finish passes it (spotrun.recovery.fallback)
         "fallback_deadline": fallback.parse_deadline(cfg.cloud.fallback.deadline)
         if fallback.active(cfg)
@@ -90,7 +89,7 @@ class FinetuneJob:
         return f"checkpoint at step {steps[-1]}" if steps else None
 
     def run(self, attempt) -> Outcome:
-        job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path)
+        job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path, self.storage.uri)
         job[JOB_KEY] = attempt.lease.epoch  # the workers fence their writes with it
         job["phases"] = {**attempt.phases, "fit": time.time()}  # rank 0 records them at its first step
         print(f"spotrun: run {self.run_name!r} in {self.storage.path(self.run_name)}")

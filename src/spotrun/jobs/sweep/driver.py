@@ -96,7 +96,7 @@ def run_trial(params: dict, spec: dict) -> None:
     board = NoticeBoard.options(
         name=board_name(name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
     ).remote()
-    job = job_spec(cfg, spec["repo_root"], name, spec["model_path"])
+    job = job_spec(cfg, spec["repo_root"], name, spec["model_path"], storage.uri)
     build_trainer(cfg, name, storage, job, callbacks=[ReportToTune(spec["metric"])]).fit()
     if is_finished(storage, name):
         return
