@@ -72,12 +72,19 @@ def test_watch_refreshes(storage, tmp_path):
     (storage / "r" / "events.jsonl").write_text(
         json.dumps({"ts": time.time(), "kind": "launch", "source": "driver", "pid": 1}) + "\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spotrun", "runs", str(storage), "--watch", "--every", "1", "--plain"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # Ctrl-C as from a terminal: a child inherits an ignored SIGINT (and Python then never raises
+    # KeyboardInterrupt), so this process holds a handler while it starts the child (reset at exec)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spotrun", "runs", str(storage), "--watch", "--every", "1", "--plain"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     out = []
     try:
         for line in proc.stdout:  # until the second table (the first refresh) is printed
@@ -85,8 +92,11 @@ def test_watch_refreshes(storage, tmp_path):
             if sum("spotrun runs under" in x for x in out) >= 2:
                 break
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        try:
+            rest, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit on SIGINT (ours: {before}, blocked here: {blocked})") from None
     finally:
         proc.kill()
     text = "".join(out) + rest
-    assert proc.returncode == 0 and text.count("spotrun runs under") >= 2, text
+    assert proc.returncode == 0 and text.count("spotrun runs under") >= 2, (text, before, blocked)
