@@ -100,7 +100,7 @@ def test_s3_notice_uploads_before_exit_and_a_corrupt_newest_is_skipped(
     line = states(p.stdout)[name]
     assert line[2:5] == ["finished", "40/40", "1"], p.stdout  # one reclaim survived
     assert line[-1] == "100%", p.stdout  # the one relaunch reached a first step
-    check_prometheus(prom, {name: "finished"})
+    check_prometheus(prom, {name: "finished"}, exact=False)  # the bucket holds other tests' runs too
     # The secret key was in the environment of every process; it is in nothing spotrun wrote.
     storage = open_storage(s3_server.root)
     written = [json.dumps(bucket_events(s3_server, name)).encode(), log.read_bytes()]
