@@ -3,9 +3,12 @@ Which model loads is spotrun.core.models' choice; here it is checked for the fin
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
+from spotrun.core.errors import ConfigError
 from spotrun.core.models import probe_model, resolve_model_path  # noqa: F401 - part of the API
 
 
@@ -17,6 +20,21 @@ def check_model(model_cfg, task_cls: type | None = None) -> str:
     path, config = probe_model(model_cfg, **gguf_kwargs(resolve_model_path(model_cfg), model_cfg))
     if task_cls is not None and hasattr(task_cls, "check"):
         task_cls.check(model_cfg, config)
+    return path
+
+
+def model_is_there(model_cfg) -> str:
+    """The model's path without reading its config: a local folder must still hold config.json (a
+    GGUF package its file); a hub id is taken as it is. A one-line ConfigError otherwise."""
+    path = resolve_model_path(model_cfg)
+    if os.path.isdir(path):
+        wanted = model_cfg.get("gguf_file") or "config.json"
+        if not os.path.exists(os.path.join(path, wanted)):
+            raise ConfigError(f"model.name={path!r}: expected a model folder with {wanted}")
+    elif path.startswith((".", "/", "~")):
+        raise ConfigError(
+            f"model.name={path!r}: expected a Hugging Face model id or an existing model folder"
+        )
     return path
 
 

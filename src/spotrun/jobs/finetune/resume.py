@@ -67,9 +67,11 @@ def refusal(run_name: str, saved: dict | None, now: dict) -> str | None:
     )
 
 
-def check_resume(cfg: DictConfig, storage, run_name: str) -> None:
+def check_resume(cfg: DictConfig, storage, run_name: str) -> bool:
     """Before Ray: refuse (ConfigError) a relaunch whose fingerprint differs from the newest committed
-    checkpoint's. A run with no checkpoint, or one made before fingerprints, passes."""
+    checkpoint's. A run with no checkpoint, or one made before fingerprints, passes. True when this
+    is a resume of these very settings: an earlier attempt built this task, model and data and
+    committed a checkpoint with them."""
     store = CheckpointStore(storage, run_name)
     for step in reversed(store.committed_steps()):
         try:
@@ -79,4 +81,5 @@ def check_resume(cfg: DictConfig, storage, run_name: str) -> None:
         line = refusal(run_name, meta.get("fingerprint"), fingerprint(cfg))
         if line:
             raise ConfigError(line)
-        return
+        return meta.get("fingerprint") is not None
+    return False
