@@ -17,8 +17,10 @@ LARGE_BYTES = 256 << 20  # above this a file is checked by schema and a sample, 
 SAMPLE_ROWS = 1000
 
 
-def check_data(cfg, repo_root: str, model_path: str) -> None:
-    """Refuse data the fine-tune would fail on inside Ray. Raises ConfigError; starts nothing."""
+def check_data(cfg, repo_root: str, model_path: str, check_length: bool = True) -> None:
+    """Refuse data the fine-tune would fail on inside Ray. Raises ConfigError; starts nothing.
+    check_length=False skips reading the model's position limit (a resume of the same settings:
+    data.max_length and model.* are in its fingerprint, and an earlier attempt trained with them)."""
     d = cfg.data
     both = d.hub_name is not None and (d.train_files is not None or d.eval_files is not None)
     _require(not both, "data.hub_name", d.hub_name, "null when data.train_files / eval_files are given")
@@ -36,7 +38,8 @@ def check_data(cfg, repo_root: str, model_path: str) -> None:
             cfg.trainer.batch_size,
             f"batch_size x {workers} workers = {global_batch} <= the {rows} rows of data.train_files",
         )
-    _check_length(cfg, model_path)
+    if check_length:
+        _check_length(cfg, model_path)
 
 
 def _paths(spec: str, repo_root: str) -> list[str]:

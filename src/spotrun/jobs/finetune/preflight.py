@@ -28,5 +28,5 @@ def preflight(cfg, repo_root: str) -> tuple[str, str]:
     # model.*), so its folder is only checked to be there; a first launch reads its config (~4 s of
     # transformers imports, off every restart's path)
     model_path = model_is_there(cfg.model) if resuming else check_model(cfg.model, task_cls)
-    check_data(cfg, repo_root, model_path)
+    check_data(cfg, repo_root, model_path, check_length=not resuming)
     return run_name, model_path
