@@ -130,9 +130,9 @@ def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resu
     assert any(p[0]["saved"] for p in noticed.values() if p)  # the trial that was training committed
     for trial, [pre] in ((t, p) for t, p in noticed.items() if p):  # nothing lost: from the notice's step
         seen = [e for e in events(run_dir / "trials" / trial) if e["kind"] in ("start", "resume")]
-        if pre["saved"]:
+        if pre["saved"] or pre["committed"] is not None:  # its notice's commit, or one just before
             resumed = next(e for e in seen if e["kind"] == "resume")
-            assert resumed["step"] == pre["step"], (trial, pre, resumed)
+            assert resumed["step"] == (pre["step"] if pre["saved"] else pre["committed"]), (trial, pre)
         else:  # noticed in its start-up, before a step: nothing to save or lose; it starts again
             assert pre["committed"] is None and trial not in committed, (trial, pre)
             assert [e["kind"] for e in seen] == ["start", "start"], (trial, seen)
