@@ -27,7 +27,14 @@ def user_home(tmp_path, monkeypatch):
 
 
 def make(*args: str, home) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "WANDB_API", "MAKE"))}
+    # as typed in a fresh shell: none of an outer make's settings (it exports its command-line
+    # variables, e.g. `make test ARGS=...`, to every recipe's environment)
+    outer = {"ARGS", "CLOUD", "DRYRUN", "RUN", "ROOT", "MFLAGS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SKYPILOT_", "WANDB_API", "MAKE")) and k not in outer
+    }
     env.update(HOME=str(home), SKYPILOT_DISABLE_USAGE_COLLECTION="1")
     # -o .venv/.installed: the venv is taken as made (a test never reinstalls it)
     return subprocess.run(
