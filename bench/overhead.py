@@ -174,10 +174,8 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
             run = subprocess.run(
                 cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
             )
-    finally:
-        shutil.rmtree(
-            scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True
-        )  # the run's local scratch folder
+    finally:  # the run's local scratch folder
+        shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     events = read_events(root, name)
     finish = next((e for e in events if e["kind"] == "finish"), {})
     if run.returncode != 0 or "loop_s" not in finish:

@@ -124,9 +124,8 @@ def one_round(args: argparse.Namespace, workdir: str) -> dict:
         for launch in (fresh, again):
             if launch is not None:
                 launch.kill()
-        shutil.rmtree(
-            scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True
-        )  # the run's local scratch folder
+        # the run's local scratch folder
+        shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     t0, t1 = fresh.t0, again.t0
     return {
         "fresh_first_step_s": first["ts"] - t0,

@@ -42,14 +42,20 @@ def resolve_model_path(model_cfg) -> str:
     return os.path.abspath(local) if os.path.isdir(local) else name
 
 
-def probe_model(model_cfg, **load_kwargs):
-    """(path, its transformers config) without loading weights; a one-line ConfigError if unusable."""
+def existing_model_path(model_cfg) -> str:
+    """`resolve_model_path`, and a one-line ConfigError when it looks like a folder that is not there."""
     path = resolve_model_path(model_cfg)
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise ConfigError(
             f"model.name={path!r}: expected a Hugging Face model id or an existing model folder"
         )
+    return path
+
+
+def probe_model(model_cfg, **load_kwargs):
+    """(path, its transformers config) without loading weights; a one-line ConfigError if unusable."""
+    path = existing_model_path(model_cfg)
     try:
         from huggingface_hub.utils import logging as hub_logging
         from transformers import AutoConfig

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spotrun.core.errors import ConfigError
-from spotrun.core.models import probe_model, resolve_model_path  # noqa: F401 - part of the API
+from spotrun.core.models import existing_model_path, probe_model, resolve_model_path  # noqa: F401 - part of the API
 
 
 def check_model(model_cfg, task_cls: type | None = None) -> str:
@@ -26,15 +26,10 @@ def check_model(model_cfg, task_cls: type | None = None) -> str:
 def model_is_there(model_cfg) -> str:
     """The model's path without reading its config: a local folder must still hold config.json (a
     GGUF package its file); a hub id is taken as it is. A one-line ConfigError otherwise."""
-    path = resolve_model_path(model_cfg)
-    if os.path.isdir(path):
-        wanted = model_cfg.get("gguf_file") or "config.json"
-        if not os.path.exists(os.path.join(path, wanted)):
-            raise ConfigError(f"model.name={path!r}: expected a model folder with {wanted}")
-    elif path.startswith((".", "/", "~")):
-        raise ConfigError(
-            f"model.name={path!r}: expected a Hugging Face model id or an existing model folder"
-        )
+    path = existing_model_path(model_cfg)
+    wanted = model_cfg.get("gguf_file") or "config.json"
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, wanted)):
+        raise ConfigError(f"model.name={path!r}: expected a model folder with {wanted}")
     return path
 
 
