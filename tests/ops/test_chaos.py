@@ -65,13 +65,15 @@ def test_every_kind_of_reclaim_in_one_run_loses_nothing(storage, reference):
             committed = max(committed, e["step"])
         if e["kind"] == "resume":
             assert e["step"] == committed, (e, committed)
-    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm"] * 3 + ["gcp"]
-    start_up, mid_write, mid_run, metadata = [e for e in ev if e["kind"] == "preempted"]
-    assert start_up["saved"] is False and start_up["committed"] is None  # nothing to save yet
+    # the start-up notice came before the job was prepared: that attempt wrote nothing (not even its
+    # launch); the other notices each recorded what they committed
+    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm"] * 2 + ["gcp"]
+    assert len([e for e in ev if e["kind"] == "launch"]) == 6
+    mid_write, mid_run, metadata = [e for e in ev if e["kind"] == "preempted"]
     for notice in (mid_write, mid_run, metadata):  # each notice ended in a durable checkpoint
         assert notice["saved"] is True and notice["step"] > 0, notice
     log = (storage / "log.txt").read_text()
-    assert "preempted; nothing new to save; newest commit: none yet; exit 75" in log
+    assert "preempted during start-up, before the job started; nothing new; exit 75" in log
     assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
     resumes = [e for e in ev if e["kind"] == "resume"]
     assert resumes[0]["step"] == mid_write["step"]  # the relaunch starts from the notice's commit

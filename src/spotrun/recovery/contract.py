@@ -4,6 +4,7 @@
     fallback at start? -> `fallback` event, exit 0  (the on-demand stage takes over)
     the run's lease (a new epoch) -> `launch` event -> Ray up (shielded from SIGTERM) -> the run's notice board -> the job's work
     SIGTERM (any of the job's processes) or a cloud notice -> the job commits what is new -> exit 75
+    (SIGTERM before the lease, while the job imports and checks its inputs: exit 75 at once, nothing written)
     a newer attempt took the run's lease -> this one writes nothing more -> exit 76
     the notice's time runs out first -> `preempted_timeout`, exit 75 without it
     the work raised without a notice -> `failed` event, exit 1;   a user mistake -> one line, exit 2
@@ -140,6 +141,7 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
     if done is not None:
         print(f"spotrun: run {job.run_name!r} already finished: {done}; pick a new run.name to run again")
         return EXIT_OK
+    notice.begin()  # from the lease on, a notice is recorded and answered (before it: exit at once)
     lease = Lease.acquire(job.storage, job.run_name, holder=f"{socket.gethostname()}:{os.getpid()}")
     job.storage = job.storage.fenced(lease)  # every write of this attempt checks it holds the run
     events = EventLog(job.storage, job.run_name, source="driver")

@@ -6,9 +6,12 @@ import contextlib
 import logging
 import os
 import re
+import signal
 
+import psutil
 import ray
 from omegaconf import OmegaConf
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
 from spotrun.recovery import shield
@@ -35,7 +38,46 @@ def init_ray() -> None:
     all, and they must outlive the notice's checkpoint."""
     address = os.environ.get("RAY_ADDRESS") or "local"
     with shield.blocked():  # (already so in a driver that armed the shield: all of it is blocked)
-        _init(address)
+        if address != "local":
+            _init(address)
+            return
+        # A local start on a busy machine (two clusters starting at once, a loaded 2-core VM) can
+        # miss Ray's fixed 30 s for its raylet to register; what that start left is killed and Ray
+        # is started again.
+        for attempt in Retrying(
+            stop=stop_after_attempt(START_TRIES), retry=retry_if_exception(_start_timed_out), reraise=True
+        ):
+            with attempt:
+                before = {p.pid for p in _ray_processes()}
+                try:
+                    _init(address)
+                except Exception:
+                    _kill([p for p in _ray_processes() if p.pid not in before])
+                    raise
+
+
+START_TRIES = 3
+
+
+def _start_timed_out(e: BaseException) -> bool:
+    return "timed out during startup" in str(e)  # ray/_private/node.py (pinned ray==2.60.0)
+
+
+def _ray_processes() -> list[psutil.Process]:
+    """This process's descendants that are Ray's: its daemons, agents and workers."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(a.startswith("ray::") or "/ray/" in a for a in p.cmdline()[:3]):
+                out.append(p)
+    return out
+
+
+def _kill(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=5)
 
 
 def _init(address: str) -> None:
@@ -52,6 +94,9 @@ def _init(address: str) -> None:
                 "HF_HUB_DISABLE_TELEMETRY": "1",
                 "TRANSFORMERS_VERBOSITY": "error",
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                # Ray Train's own watcher of Ray node drains (one more actor in every run): spot
+                # notices reach spotrun as SIGTERM and cloud metadata (spotrun.recovery.notices)
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
             },
             "worker_process_setup_hook": "spotrun.recovery.runtime.quiet_worker_logs",
         },
@@ -63,10 +108,14 @@ def shutdown_ray() -> None:
     SIGTERM Ray sends first, and it would wait a second for each of them: nothing of a run lives in
     them, so they get SIGKILL straight away (the raylet's workers exit when it does)."""
     node = ray._private.worker._global_node  # pinned ray==2.60.0
+    started = _ray_processes() if node is not None else []  # (none when connected to $RAY_ADDRESS's)
     if node is not None:
         kill = node.kill_all_processes
         node.kill_all_processes = lambda **kw: kill(**{**kw, "allow_graceful": False})
     ray.shutdown()
+    # the raylet's agents (dashboard, runtime env) outlive a killed raylet: a multirun or a sweep
+    # would pile them up, one pair per cluster
+    _kill([p for p in started if p.is_running()])
 
 
 def quiet_worker_logs() -> None:

@@ -11,6 +11,10 @@ powers off (or SIGKILL), and a worker sees the notice by asking `sigterm_pending
 the driver one thread waits for it (`sigwait`) and sets NOTICE: no handler of Ray's (`ray.init` sets
 one that exits, its core worker one that aborts) ever sees it, whichever thread it would reach.
 
+Until the job begins (`NOTICE.begin()`, when the contract takes the run's lease) the driver is only
+importing, composing its config and checking its inputs, which takes long on a busy VM: nothing of
+the attempt exists yet, so a SIGTERM then ends it at once (exit 75, one line), writing nothing.
+
 `python -m spotrun.recovery.shield CMD ...` runs CMD with SIGTERM blocked: the SkyPilot run script
 starts `ray start` through it on every node.
 """
@@ -37,6 +41,7 @@ class Notice:
         self._listeners: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
         self.armed = False
+        self.begun = False  # armed, before begin(): a notice is an immediate exit 75
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -45,11 +50,20 @@ class Notice:
         with self._lock:
             if self.event.is_set():
                 return
+            if self.armed and not self.begun:  # (holding the lock: begin() cannot pass meanwhile)
+                sys.stdout.write(STARTUP_EXIT)
+                sys.stdout.flush()
+                os._exit(EXIT_PREEMPTED)
             self.ts = time.time()
             self.event.set()
             listeners = list(self._listeners)
         for fn in listeners:
             fn(self.ts)
+
+    def begin(self) -> None:
+        """The job starts what a notice must commit: from here on a notice is recorded, not an exit."""
+        with self._lock:
+            self.begun = True
 
     def on_notice(self, fn: Callable[[float], None]) -> None:
         """Call `fn(notice_ts)` at the notice, or now if it already came."""
@@ -61,6 +75,10 @@ class Notice:
 
 
 NOTICE = Notice()  # one per driver process: SIGTERM reaches a process, not a job
+EXIT_PREEMPTED = 75  # spotrun.core.errors.EXIT_PREEMPTED (this module imports nothing of spotrun's)
+STARTUP_EXIT = (
+    f"spotrun: preempted during start-up, before the job started; nothing new; exit {EXIT_PREEMPTED}\n"
+)
 
 
 def _wait_for_sigterm() -> None:

@@ -1,0 +1,61 @@
+"""Ray's start and stop: a start that timed out is cleaned up and tried again; a stop leaves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from spotrun.recovery import runtime
+
+
+def test_a_local_start_that_timed_out_is_killed_and_started_again(tmp_path, monkeypatch):
+    """Ray 2.60 gives its raylet a fixed 30 s to register (ray/_private/node.py); on a busy machine it
+    can miss them, leaving the daemons it started. Those are killed and Ray starts again."""
+    daemon = tmp_path / "ray" / "gcs_server.py"  # a path like Ray's own daemons' ("/ray/")
+    daemon.parent.mkdir()
+    daemon.write_text("import time\ntime.sleep(120)\n")
+    started: list[subprocess.Popen] = []
+
+    def start(address: str) -> None:
+        if not started:  # the first start: its daemon is up, its raylet never registers
+            started.append(subprocess.Popen([sys.executable, str(daemon)]))
+            raise Exception("The current node timed out during startup. This could happen because ...")
+        started.append(None)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runtime, "_init", start)
+    runtime.init_ray()
+    assert len(started) == 2  # started again
+    assert not psutil.pid_exists(started[0].pid)  # what the failed start left was killed (and reaped)
+
+
+def test_other_start_errors_are_not_retried(monkeypatch):
+    calls = []
+
+    def start(address: str) -> None:
+        calls.append(address)
+        raise RuntimeError("Ray has not been started yet")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runtime, "_init", start)
+    with pytest.raises(RuntimeError):
+        runtime.init_ray()
+    assert calls == ["local"]
+
+
+@pytest.mark.slow
+def test_a_stopped_local_cluster_leaves_no_process_behind(monkeypatch):
+    """The raylet's agents (dashboard, runtime env) outlive a SIGKILLed raylet; shutdown kills them."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runtime.init_ray()
+    try:
+        ours = runtime._ray_processes()
+        names = " ".join(" ".join(p.cmdline()[:2]) for p in ours)
+        assert "raylet" in names and "gcs_server" in names and "ray::DashboardAgent" in names, names
+    finally:
+        runtime.shutdown_ray()
+    gone, alive = psutil.wait_procs(ours, timeout=10)
+    assert not alive, [" ".join(p.cmdline()[:2]) for p in alive]
