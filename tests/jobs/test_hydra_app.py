@@ -4,34 +4,39 @@ mistakes (one line, exit 2), and a two-point multirun of the tiny fine-tune that
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, TINY, events, kill_tree, launch, pipeline_env, wait_for
+from conftest import REPO, TINY, events, kill_tree, launch, wait_for
 
 from spotrun.recovery.hydra_app import named
 
 
-def pipeline(*args: str, job: str = "finetune", **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{job}", *args],
-        cwd=REPO,
-        env={**pipeline_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def pipeline(capfd, *args: str, job: str = "finetune") -> tuple[int, str]:
+    """The entry point in this process (`python -m pipelines.<job>` calls the same main): its exit
+    code and what it printed."""
+    import importlib
+    import logging
+
+    main = importlib.import_module(f"pipelines.{job}").main
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    capfd.readouterr()
+    try:
+        code = main(list(args))
+    finally:  # --info configures Hydra's logging onto the captured stream: put the tests' back
+        root.handlers[:], root.level = handlers, level
+    out = capfd.readouterr()
+    return code, out.out + out.err
 
 
 @pytest.mark.parametrize("job", ["finetune", "sweep", "embed"])
-def test_help_lists_groups_and_usage(job):
-    p = pipeline("--help", job=job)
-    assert p.returncode == 0, p.stderr
-    assert f"python -m pipelines.{job} --cfg job" in p.stdout  # the app's own usage text
-    assert "== Config groups (group=option) ==" in p.stdout
-    assert "cloud: aws, azure, gcp, local" in p.stdout
-    assert "Exit codes: 0 finished" in p.stdout
+def test_help_lists_groups_and_usage(job, capfd):
+    code, out = pipeline(capfd, "--help", job=job)
+    assert code == 0, out
+    assert f"python -m pipelines.{job} --cfg job" in out  # the app's own usage text
+    assert "== Config groups (group=option) ==" in out
+    assert "cloud: aws, azure, gcp, local" in out
+    assert "Exit codes: 0 finished" in out
 
 
 def test_cfg_job_shows_the_override_and_starts_nothing(tmp_path, capfd):
@@ -56,21 +61,16 @@ def test_cfg_for_a_job_with_its_own_experiments(capfd):
     assert "experiment: tiny" in capfd.readouterr().out
 
 
-def test_info_and_shell_completion():
-    info = pipeline("--info")
-    assert info.returncode == 0 and "Hydra" in info.stdout, info.stderr
-    install = pipeline("--shell-completion", "install=bash")
-    assert install.returncode == 0 and "complete -o nospace" in install.stdout, install.stderr
+def test_info_and_shell_completion(capfd, monkeypatch):
+    code, out = pipeline(capfd, "--info")
+    assert code == 0 and "Hydra" in out, out
+    code, out = pipeline(capfd, "--shell-completion", "install=bash")
+    assert code == 0 and "complete -o nospace" in out, out
     line = "python pipelines/finetune.py trainer.l"
-    query = subprocess.run(
-        [sys.executable, "pipelines/finetune.py", "-sc", "query=bash"],
-        cwd=REPO,
-        env={**pipeline_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "trainer.lr=" in query.stdout.split(), query.stdout + query.stderr
+    monkeypatch.setenv("COMP_LINE", line)
+    monkeypatch.setenv("COMP_POINT", str(len(line)))
+    code, out = pipeline(capfd, "-sc", "query=bash")
+    assert "trainer.lr=" in out.split(), out
 
 
 @pytest.mark.parametrize(

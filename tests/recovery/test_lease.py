@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import racer
 from servers import free_port, wait_port
 
 from spotrun.core.events import EventLog, read_events
@@ -85,17 +86,12 @@ def test_create_exclusive_race_local_threads(tmp_path):
     _check_one_winner(storage, path, _race(storage, path))
 
 
-def _proc_create(root: str, path: str, i: int, go, out) -> None:
-    go.wait()
-    out.put((i, open_storage(root).create_exclusive(path, f"racer {i}".encode())))
-
-
 def test_create_exclusive_race_local_processes(tmp_path):
     storage = open_storage(str(tmp_path))
     path = storage.path("run", "lease", "00000001")
     ctx = multiprocessing.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_proc_create, args=(str(tmp_path), path, i, go, out)) for i in range(4)]
+    procs = [ctx.Process(target=racer.create, args=(str(tmp_path), path, i, go, out)) for i in range(4)]
     for p in procs:
         p.start()
     time.sleep(1.0)  # all started and waiting: then release them at once

@@ -54,13 +54,14 @@ def read_output(out: Path) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_reclaimed_three_times_output_is_exact_and_complete(tmp_path):
-    """SIGKILL, SIGTERM, SIGKILL mid-run, then a relaunch: complete, once each, recompute bounded."""
+def test_reclaimed_twice_output_is_exact_and_complete(tmp_path):
+    """SIGKILL, then SIGTERM to the whole group, mid-run, then a relaunch: complete, once each,
+    recompute bounded."""
     args = [*TINY, f"storage.root={tmp_path}", "run.name=r", "embed.trace_attempts=true"]
     args.append("embed.shard_sleep_s=0.8")  # ~1 s a shard: every reclaim lands mid-run
     out, log = tmp_path / "r" / "embeddings", tmp_path / "log.txt"
     sigkills = 0
-    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
+    for sig in (signal.SIGKILL, signal.SIGTERM):
         before = committed(out)
         proc = launch(args, log, module=MODULE)
         wait_for(lambda b=before: committed(out) >= b + 2, proc, what="two more shards")
@@ -76,7 +77,7 @@ def test_reclaimed_three_times_output_is_exact_and_complete(tmp_path):
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     kill_tree(proc)
     kinds = Counter(e["kind"] for e in events(tmp_path / "r"))
-    assert kinds["start"] == 1 and kinds["resume"] == 3 and kinds["finish"] == 1
+    assert kinds["start"] == 1 and kinds["resume"] == 2 and kinds["finish"] == 1
     assert kinds["preemption_notice"] == 1 and kinds["preempted"] == 1
     # Recomputed shards: at most the one in flight in the (single) actor at each SIGKILL; none on SIGTERM.
     attempts = Counter(p.name.split("-")[0] for p in (out / "attempts").iterdir())

@@ -71,43 +71,19 @@ def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(stor
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # two Ray launches; minutes each on a loaded 2-core host
-def test_the_users_own_encoder_trains_and_its_resume_refuses_changed_settings(storage, own_encoder, capfd):
-    """The user's folder, named by model.name alone, is what trains (not MiniLM's 384 x 6 from
-    model.local_package); a relaunch that changes what its checkpoints trained is refused before Ray;
-    a longer trainer.max_steps is taken."""
-    extra = ["trainer.max_steps=16", "checkpoint.every_steps=4", "debug.step_sleep_s=0.5"]
-    args = base(storage, "fp", own_encoder, extra)
-    proc = launch(args, storage / "log.txt")
-    try:
-        wait_for(
-            lambda: any(e["kind"] == "checkpoint" for e in events(storage / "fp")), proc, what="a checkpoint"
-        )
-    finally:
-        kill_tree(proc)  # a hard reclaim: the run is left unfinished with a committed checkpoint
-    for change, key in [
-        ("seed=1", "seed: 0 -> 1"),
-        ("trainer.batch_size=8", "trainer.batch_size: 4 -> 8"),
-        ("data.max_length=32", "data.max_length: 24 -> 32"),
-        ("task=classify", "task._target_"),
-        ("model.name=sentence-transformers/all-MiniLM-L6-v2", "model.name"),
-    ]:
-        line = config_error(capfd, [*args, change])
-        assert "run.name='fp'" in line and key in line, line
-    log = storage / "log2.txt"
-    assert run([*args, "trainer.max_steps=20", "debug.step_sleep_s=0"], log) == 0, log.read_text()[-3000:]
-    kinds = [e["kind"] for e in events(storage / "fp")]
-    assert (
-        "resume" in kinds
-        and json.loads((storage / "fp" / "final" / "metrics.json").read_text())["step"] == 20
-    )
-    trained = json.loads((storage / "fp" / "final" / "config.json").read_text())
-    assert {k: trained[k] for k in OWN} == OWN  # the user's architecture, not MiniLM's
-
-
-@pytest.mark.slow
 @pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
-def test_classify_task_trains_and_a_sigkilled_run_resumes_bit_identical(storage, own_encoder):
+def test_the_users_own_encoder_classifies_and_a_sigkilled_run_resumes_bit_identical_refusing_changes(
+    storage, own_encoder, capfd
+):
+    """The user's folder, named by model.name alone, is what trains (not MiniLM's 384 x 6 from
+    model.local_package), under the task picked by `task=classify`; a SIGKILLed run resumes
+    bit-identical; a relaunch that changes what its checkpoints trained is refused before Ray, a
+    longer trainer.max_steps is taken."""
+    from pipelines.finetune import KIND
+    from spotrun.core.storage import open_storage
+    from spotrun.jobs.finetune.resume import check_resume
+    from spotrun.recovery.contract import load
+
     extra = ["task=classify", "trainer.max_steps=16", "checkpoint.every_steps=4", "trainer.lr=1e-3"]
     log = storage / "ref.txt"
     assert run(base(storage, "ref", own_encoder, extra), log) == 0, log.read_text()[-3000:]
@@ -115,6 +91,7 @@ def test_classify_task_trains_and_a_sigkilled_run_resumes_bit_identical(storage,
     assert set(metrics["after"]) == {"accuracy"} and 0 <= metrics["after"]["accuracy"] <= 1
     config = json.loads((storage / "ref" / "final" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 16
+    assert {k: config[k] for k in OWN} == OWN  # the user's architecture, not MiniLM's
 
     args = base(storage, "cut", own_encoder, [*extra, "debug.step_sleep_s=0.5"])
     proc = launch(args, storage / "cut.txt")
@@ -125,6 +102,19 @@ def test_classify_task_trains_and_a_sigkilled_run_resumes_bit_identical(storage,
     finally:
         kill_tree(proc)  # SIGKILL the driver and every Ray process mid-run
     assert not (storage / "cut" / "final").exists()
+    for change, key in [
+        ("seed=1", "seed: 0 -> 1"),
+        ("trainer.batch_size=8", "trainer.batch_size: 4 -> 8"),
+        ("data.max_length=32", "data.max_length: 24 -> 32"),
+        ("task=encoder", "task._target_"),
+        ("model.name=sentence-transformers/all-MiniLM-L6-v2", "model.name"),
+    ]:
+        line = config_error(capfd, [*args, change])
+        assert "run.name='cut'" in line and key in line, line
+    longer = load(KIND, [*args, "trainer.max_steps=20"])
+    assert (
+        check_resume(longer, open_storage(str(storage)), "cut") is True
+    )  # taken: a resume of these settings
     assert run(args, storage / "cut.txt") == 0, (storage / "cut.txt").read_text()[-3000:]
     assert "resume" in [e["kind"] for e in events(storage / "cut")]
     assert_identical(storage / "ref", storage / "cut")
