@@ -1,4 +1,5 @@
-"""Real bucket API servers on 127.0.0.1 for the tests: moto_server (S3) and gcp-storage-emulator (GCS).
+"""Real bucket API servers on 127.0.0.1 for the tests: moto's S3 server (tests/s3_server.py) and
+gcp-storage-emulator (GCS).
 
 The tests start and stop them by pid, so `make test` needs nothing running beforehand.
 """
@@ -45,7 +46,7 @@ class BucketServer:
 
     def start(self) -> BucketServer:
         if self.kind == "s3":
-            cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+            cmd = [sys.executable, str(Path(__file__).with_name("s3_server.py")), "127.0.0.1", str(self.port)]
         else:
             cmd = [
                 str(BIN / "gcp-storage-emulator"),

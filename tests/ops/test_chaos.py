@@ -65,15 +65,14 @@ def test_every_kind_of_reclaim_in_one_run_loses_nothing(storage, reference):
             committed = max(committed, e["step"])
         if e["kind"] == "resume":
             assert e["step"] == committed, (e, committed)
-    # the start-up notice came before the job was prepared: that attempt wrote nothing (not even its
-    # launch); the other notices each recorded what they committed
-    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm"] * 2 + ["gcp"]
-    assert len([e for e in ev if e["kind"] == "launch"]) == 6
-    mid_write, mid_run, metadata = [e for e in ev if e["kind"] == "preempted"]
+    assert [e["source"] for e in ev if e["kind"] == "preemption_notice"] == ["sigterm"] * 3 + ["gcp"]
+    start_up, mid_write, mid_run, metadata = [e for e in ev if e["kind"] == "preempted"]
+    assert start_up["saved"] is False and start_up["committed"] is None  # nothing to save yet
     for notice in (mid_write, mid_run, metadata):  # each notice ended in a durable checkpoint
         assert notice["saved"] is True and notice["step"] > 0, notice
     log = (storage / "log.txt").read_text()
-    assert "preempted during start-up, before the job started; nothing new; exit 75" in log
+    # the start-up notice came while Ray was starting: recorded, and the attempt exited at once
+    assert "preempted during start-up; nothing new to save; newest commit: none yet; exit 75" in log
     assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
     resumes = [e for e in ev if e["kind"] == "resume"]
     assert resumes[0]["step"] == mid_write["step"]  # the relaunch starts from the notice's commit
@@ -129,12 +128,12 @@ def test_a_deadline_the_spot_run_would_miss_moves_it_to_on_demand_mid_run(storag
     the loop commits a checkpoint at once, the spot stage exits 0, on-demand resumes from it."""
     import datetime as dt
 
-    # At >= 0.7 s/step the 38 steps after step 2 take >= 26.6 s: past a deadline 35 s from now once
-    # start-up takes 8 s or more (it takes 25-35 s here), while the driver's own check, before Ray
-    # starts (~10 s in, 20 s on a loaded machine), still finds the deadline ahead: the hand-over
-    # comes from the projection mid-run, never from the start-up path.
-    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=35)).isoformat(timespec="seconds")
-    extra = ["debug.step_sleep_s=0.7", f"cloud.fallback.deadline={deadline}"]
+    # At >= 1 s/step the 37 steps after step 3 (the first the projection reads) take >= 37 s: past a
+    # deadline 50 s from now once start-up takes 13 s or more (25-35 s here, 60-100 s in CI), while the
+    # driver's own check, before Ray starts (~10 s in here, ~30 s on a loaded CI machine), still finds
+    # the deadline ahead: the hand-over comes from the projection mid-run, never from the start-up path.
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=50)).isoformat(timespec="seconds")
+    extra = ["debug.step_sleep_s=1.0", f"cloud.fallback.deadline={deadline}"]
     r = chaos(
         ["--max-reclaims", "0", "--no-verify"], args_for(storage, "deadline", extra), storage / "log.txt"
     )

@@ -4,7 +4,8 @@
     fallback at start? -> `fallback` event, exit 0  (the on-demand stage takes over)
     the run's lease (a new epoch) -> `launch` event -> Ray up (shielded from SIGTERM) -> the run's notice board -> the job's work
     SIGTERM (any of the job's processes) or a cloud notice -> the job commits what is new -> exit 75
-    (SIGTERM before the lease, while the job imports and checks its inputs: exit 75 at once, nothing written)
+    (while it starts: before the lease, exit 75 at once, writing nothing; from the lease until the
+     work starts, `preempted` (nothing new), Ray's processes stopped, exit 75 at once)
     a newer attempt took the run's lease -> this one writes nothing more -> exit 76
     the notice's time runs out first -> `preempted_timeout`, exit 75 without it
     the work raised without a notice -> `failed` event, exit 1;   a user mistake -> one line, exit 2
@@ -37,7 +38,7 @@ from spotrun.core.storage import Storage
 from spotrun.recovery import fallback, shield
 from spotrun.recovery.lease import Lease, Superseded, stand_down
 from spotrun.recovery.notices import create_board
-from spotrun.recovery.runtime import init_ray, placement, shutdown_ray
+from spotrun.recovery.runtime import init_ray, kill_ray_processes, placement, shutdown_ray
 
 NOTICE_MARGIN_S = 5.0  # exit this long before the provider's notice runs out
 
@@ -141,10 +142,13 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
     if done is not None:
         print(f"spotrun: run {job.run_name!r} already finished: {done}; pick a new run.name to run again")
         return EXIT_OK
-    notice.begin()  # from the lease on, a notice is recorded and answered (before it: exit at once)
     lease = Lease.acquire(job.storage, job.run_name, holder=f"{socket.gethostname()}:{os.getpid()}")
     job.storage = job.storage.fenced(lease)  # every write of this attempt checks it holds the run
     events = EventLog(job.storage, job.run_name, source="driver")
+    grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
+    DEADLINE.configure(grace_s, events)  # main() started listening for the notice already
+    # until the work starts (Ray up, the board made: long on a busy VM) a notice has nothing to commit
+    notice.while_starting(lambda ts: _exit_in_start_up(job, events, ts))
     history = read_events(job.storage, job.run_name) if fallback.active(cfg) else []
     handover = fallback.reason_at_start(cfg, history, time.time())
     if handover:
@@ -159,10 +163,8 @@ def run(job: SpotJob, notice: shield.Notice, started_ts: float, phases: dict | N
             **placement(cfg),
         )
     )
-    grace_s = cfg.cloud.notice_s - NOTICE_MARGIN_S
     attempt = Attempt(cfg, job.run_name, events, notice, grace_s, history, lease)
     attempt.phases = {"start": started_ts, **(phases or {}), "lease": time.time()}
-    DEADLINE.configure(grace_s, events)  # main() started listening for the notice already
     outcome, error = _work(job, attempt)
     if outcome.finished:
         return EXIT_OK
@@ -183,6 +185,7 @@ def _work(job: SpotJob, attempt: Attempt) -> tuple[Outcome, BaseException | None
         init_ray()
         attempt.phases["ray"] = time.time()
         attempt.board = create_board(attempt.run_name)  # its actor starts while the job builds its work
+        attempt.notice.while_starting(None)  # from here on a notice is recorded, and the work commits
         attempt.notice.on_notice(lambda ts: attempt.board.post.remote("sigterm", attempt.grace_s))
         if attempt.noticed():
             return Outcome(), None
@@ -211,14 +214,34 @@ def _preempted(job: SpotJob, attempt: Attempt, outcome: Outcome) -> int:
     handover = fallback.reason_at_notice(attempt.cfg, attempt.posted, attempt.history)
     saved = outcome.saved
     if saved is None:  # the work recorded nothing: say what the notice found committed
-        newest = job.committed()
-        attempt.events.emit("preemption_notice", source="sigterm", notice_ts=round(attempt.notice.ts, 3))
-        attempt.events.emit("preempted", saved=False, committed=newest, durable_s=0.0)
-        saved = f"nothing new to save; newest commit: {newest or 'none yet'}"
+        saved = _nothing_new(job, attempt.events, attempt.notice.ts)
     if handover:
         return hand_over(attempt.events, job.run_name, handover)
     print(f"spotrun: run {job.run_name!r} preempted; {saved}; exit {EXIT_PREEMPTED} (relaunch me)")
     return EXIT_PREEMPTED
+
+
+def _nothing_new(job: SpotJob, events: EventLog, notice_ts: float) -> str:
+    """Record a notice that found nothing new to commit; what the relaunch resumes from."""
+    newest = job.committed()
+    events.emit("preemption_notice", source="sigterm", notice_ts=round(notice_ts, 3))
+    events.emit("preempted", saved=False, committed=newest, durable_s=0.0)
+    return f"nothing new to save; newest commit: {newest or 'none yet'}"
+
+
+def _exit_in_start_up(job: SpotJob, events: EventLog, notice_ts: float) -> None:
+    """A notice after the lease, before the work started (in the notice's thread, while the main
+    thread may still be starting Ray): record it, stop what Ray started, exit 75 now."""
+    DEADLINE.start(notice_ts)  # bounds the writes below
+    saved = "nothing new to save"
+    with contextlib.suppress(Exception):  # a write that fails must not keep the exit from happening
+        saved = _nothing_new(job, events, notice_ts)
+    print(
+        f"spotrun: run {job.run_name!r} preempted during start-up; {saved}; exit {EXIT_PREEMPTED} (relaunch me)"
+    )
+    sys.stdout.flush()
+    kill_ray_processes()
+    os._exit(EXIT_PREEMPTED)
 
 
 class Deadline:

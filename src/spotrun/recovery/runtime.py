@@ -73,6 +73,11 @@ def _ray_processes() -> list[psutil.Process]:
     return out
 
 
+def kill_ray_processes() -> None:
+    """SIGKILL every Ray process this one started (an exit that cannot wait for `shutdown_ray`)."""
+    _kill(_ray_processes())
+
+
 def _kill(procs: list[psutil.Process]) -> None:
     for p in procs:
         with contextlib.suppress(psutil.Error):

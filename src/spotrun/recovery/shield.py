@@ -11,9 +11,10 @@ powers off (or SIGKILL), and a worker sees the notice by asking `sigterm_pending
 the driver one thread waits for it (`sigwait`) and sets NOTICE: no handler of Ray's (`ray.init` sets
 one that exits, its core worker one that aborts) ever sees it, whichever thread it would reach.
 
-Until the job begins (`NOTICE.begin()`, when the contract takes the run's lease) the driver is only
-importing, composing its config and checking its inputs, which takes long on a busy VM: nothing of
-the attempt exists yet, so a SIGTERM then ends it at once (exit 75, one line), writing nothing.
+While the job is still starting there is nothing to commit, and start-up can take long on a busy VM
+(imports, config, input checks, Ray's start): a SIGTERM then ends the process at once, exit 75. Until
+the contract takes the run's lease, nothing of the attempt exists and nothing is written; from the
+lease until the work starts, the contract records the notice first (`NOTICE.while_starting`).
 
 `python -m spotrun.recovery.shield CMD ...` runs CMD with SIGTERM blocked: the SkyPilot run script
 starts `ray start` through it on every node.
@@ -41,7 +42,8 @@ class Notice:
         self._listeners: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
         self.armed = False
-        self.begun = False  # armed, before begin(): a notice is an immediate exit 75
+        # armed and still starting: what a notice does instead of being recorded (it ends the process)
+        self._starting: Callable[[float], None] | None = _exit_before_the_job
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -50,20 +52,20 @@ class Notice:
         with self._lock:
             if self.event.is_set():
                 return
-            if self.armed and not self.begun:  # (holding the lock: begin() cannot pass meanwhile)
-                sys.stdout.write(STARTUP_EXIT)
-                sys.stdout.flush()
-                os._exit(EXIT_PREEMPTED)
+            if self.armed and self._starting is not None:
+                self._starting(time.time())  # holding the lock: the work cannot start meanwhile
             self.ts = time.time()
             self.event.set()
             listeners = list(self._listeners)
         for fn in listeners:
             fn(self.ts)
 
-    def begin(self) -> None:
-        """The job starts what a notice must commit: from here on a notice is recorded, not an exit."""
+    def while_starting(self, exit_now: Callable[[float], None] | None) -> None:
+        """What a notice does from now until the next call: `exit_now(notice_ts)` ends the process
+        (nothing to commit yet); None, once the work has started: the notice is recorded and the
+        listeners are told. Blocks while an exit is under way."""
         with self._lock:
-            self.begun = True
+            self._starting = exit_now
 
     def on_notice(self, fn: Callable[[float], None]) -> None:
         """Call `fn(notice_ts)` at the notice, or now if it already came."""
@@ -74,11 +76,18 @@ class Notice:
             fn(ts)
 
 
-NOTICE = Notice()  # one per driver process: SIGTERM reaches a process, not a job
 EXIT_PREEMPTED = 75  # spotrun.core.errors.EXIT_PREEMPTED (this module imports nothing of spotrun's)
-STARTUP_EXIT = (
-    f"spotrun: preempted during start-up, before the job started; nothing new; exit {EXIT_PREEMPTED}\n"
-)
+
+
+def _exit_before_the_job(notice_ts: float) -> None:
+    sys.stdout.write(
+        f"spotrun: preempted during start-up, before the job started; nothing new; exit {EXIT_PREEMPTED}\n"
+    )
+    sys.stdout.flush()
+    os._exit(EXIT_PREEMPTED)
+
+
+NOTICE = Notice()  # one per driver process: SIGTERM reaches a process, not a job
 
 
 def _wait_for_sigterm() -> None:
