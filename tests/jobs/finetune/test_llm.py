@@ -1,8 +1,9 @@
-"""LLM supervised fine-tuning with LoRA (experiment=llm_sft_tiny) on a real local Ray cluster (2 CPU
-workers). The real SmolLM2-135M where the model itself is what is tested: it learns, its checkpoints
-hold the adapter only, the final adapter loads back with peft and generates. Recovery runs on the
-tiny causal LM of conftest (SmolLM2's tokenizer): SIGKILLed, relaunched, compared bit for bit with an
-uninterrupted run. FSDP's sharded checkpoints: test_fsdp_buckets.py.
+"""LLM supervised fine-tuning with LoRA (experiment=llm_sft_tiny) on a real local Ray cluster. The
+real SmolLM2-135M where the model itself is what is tested, on one worker (each worker dequantises
+its own copy of the model): it learns, its checkpoints hold the adapter only, the final adapter loads
+back with peft and generates. Recovery runs on the tiny causal LM of conftest (SmolLM2's tokenizer)
+with 2 DDP workers: SIGKILLed, relaunched, compared bit for bit with an uninterrupted run. FSDP's
+sharded checkpoints: test_fsdp_buckets.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ def llm_args(root: Path, name: str, extra: list[str] = ()) -> list[str]:
 
 @pytest.fixture(scope="module")
 def llm_reference(tmp_path_factory) -> Path:
-    """The real SmolLM2-135M, 12 steps."""
+    """The real SmolLM2-135M, 12 steps, one worker."""
     root = tmp_path_factory.mktemp("llm_reference")
-    assert run(llm_args(root, "ref"), root / "log.txt", timeout=600) == 0, (root / "log.txt").read_text()[
+    log = root / "log.txt"
+    assert run(llm_args(root, "ref", ["trainer.num_workers=1"]), log, timeout=600) == 0, log.read_text()[
         -3000:
     ]
     return root / "ref"
