@@ -309,17 +309,6 @@ def states(table: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in table.splitlines()[2:]}
 
 
-def preempt(args: list[str], committed, log, env: dict | None = None) -> None:
-    """Start a run, let it commit, SIGTERM its whole process group (a VM shutdown): exit 75."""
-    proc = launch(args, log, env)
-    try:
-        wait_for(committed, proc, what="a committed checkpoint", interval=1.0)
-        os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-
-
 def check_prometheus(path, expected: dict[str, str], exact: bool = True) -> None:
     """The file parses; each run's state is the expected one (exact: and no other run is listed)."""
     from prometheus_client.parser import text_string_to_metric_families
