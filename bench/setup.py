@@ -63,6 +63,7 @@ def uv_venv(venv: Path, cache: Path | None) -> float:
             "pip",
             "install",
             "-q",
+            "--compile-bytecode",  # as the Makefile: without it every import compiles from source
             "--python",
             str(venv / "bin/python"),
             *uv_from(),

@@ -15,8 +15,9 @@ else
   reused=false
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q uv==0.13.9
-  # --no-deps: the lock already lists every package; nothing is resolved again on the VM
-  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r "$LOCK" -e . --no-deps
+  # --no-deps: the lock already lists every package; nothing is resolved again on the VM.
+  # --compile-bytecode: the .pyc files are made here, not by the first processes of the restart.
+  "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -r "$LOCK" -e . --no-deps
   echo "$want" > "$VENV/.spotrun-lock"
 fi
 mkdir -p "$(dirname "$RECORD")"

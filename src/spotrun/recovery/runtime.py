@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import time
 
 import psutil
 import ray
@@ -79,10 +80,22 @@ def kill_ray_processes() -> None:
 
 
 def _kill(procs: list[psutil.Process]) -> None:
+    """SIGKILL, then wait (up to 5 s) until each is gone or a zombie: dead, only not yet reaped by
+    the init process it was handed to (the raylet's workers once the raylet is killed)."""
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=5)
+    deadline = time.monotonic() + 5
+    while procs and time.monotonic() < deadline:
+        _, procs = psutil.wait_procs(procs, timeout=0.05)
+        procs = [p for p in procs if not _dead(p)]
+
+
+def _dead(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def _init(address: str) -> None:
@@ -125,12 +138,8 @@ def shutdown_ray() -> None:
 
 def quiet_worker_logs() -> None:
     """Runs in every Ray worker process (Train's controller and helper actors too, so it imports
-    nothing heavy): silence messages that are noise in a local cluster. Ray Train's placement-group
-    cleaner polls the state API, which needs the dashboard we skip, and warns every second; Ray Train
-    logs each report at INFO. transformers is quieted by the environment (`_init`)."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
-        logging.ERROR
-    )
+    nothing heavy): Ray Train logs each report at INFO, noise in a local cluster. transformers is
+    quieted by the environment (`_init`)."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 

@@ -127,7 +127,9 @@ class Worker:
     def report(self, metrics: dict) -> None:
         """Tell Ray Train the metrics (a barrier on all ranks). Checkpoints are not handed over: the
         store's manifests are what a resume reads, and Ray's controller would write its own record of
-        each to the bucket without retries, failing the run during a bucket outage."""
+        each to the bucket without retries, failing the run during a bucket outage. A report waits
+        until the controller took the previous one (it polls every 2 s): only a sweep reports at
+        every checkpoint; a fine-tune reports how its loop ended."""
         ray.train.report(metrics)
 
     # ----- training -----
@@ -312,6 +314,7 @@ def _train(w: Worker, job: dict, log: RunLogger, poller, marks: dict, saved_step
         if (flags[1] or w.step % c.every_steps == 0) and w.step < cfg.trainer.max_steps:
             _periodic_save(w, interval, mtbr_from)
             saved_step, last_ckpt = w.step, time.monotonic()
-            w.report({"step": w.step, "loss": loss, "preempted": 0})
+            if job.get("report_checkpoints"):  # a sweep's scheduler ranks trials by these
+                w.report({"step": w.step, "loss": loss, "preempted": 0})
     w.ckpt.wait()
     _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0, loss)

@@ -97,6 +97,7 @@ def run_trial(params: dict, spec: dict) -> None:
         name=board_name(name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
     ).remote()
     job = job_spec(cfg, spec["repo_root"], name, spec["model_path"], storage.uri)
+    job["report_checkpoints"] = True  # `loss` at every checkpoint, for ASHA and sweep.metric=loss
     build_trainer(cfg, name, storage, job, callbacks=[ReportToTune(spec["metric"])]).fit()
     if is_finished(storage, name):
         return
