@@ -1,5 +1,6 @@
 """`make sweep` on a real local Ray cluster: Ray Tune over the real fine-tune job, 1 worker per
-trial, 2 trials at a time (the tests run 2, so all start together); reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM."""
+trial, 2 trials at a time (the tests run 2, so all start together); reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM
+(the latter on a sweep of the SFT task by eval_loss, a tiny causal LM built from a config)."""
 
 from __future__ import annotations
 
@@ -93,12 +94,40 @@ def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
     assert (storage / "exp" / "best-tiny.yaml").read_text() == best
 
 
+def sft_sweep_args(root: Path, tiny_lm: Path) -> list[str]:
+    """A sweep of the SFT task (the tiny causal LM, SmolLM2's tokenizer) ranked by eval_loss, mode
+    min: 12 steps, commits at 4 and 8, paced so a reclaim lands mid-trial."""
+    return [
+        "experiment=tiny",
+        "model=smollm2",  # picks task=sft by itself
+        f"model.name={tiny_lm}",
+        "model.local_package=null",
+        "model.gguf_file=null",
+        "data=stdlib_sft",
+        "data.max_length=96",  # the chat template alone takes ~30 tokens
+        "data.eval_size=8",
+        "trainer.batch_size=2",
+        "trainer.max_steps=12",
+        "checkpoint.every_steps=4",
+        "debug.step_sleep_s=0.3",
+        "sweep.metric=eval_loss",
+        "sweep.mode=min",
+        "sweep.scheduler=none",
+        "sweep.num_trials=2",
+        f"storage.root={root}",
+        "run.name=reclaimed",
+        f"sweep.export_dir={root}/exp",
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(SLOW_TIMEOUT_S)
-def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resumes_them(storage):
+def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resumes_them(storage, tiny_lm):
     """A VM shutdown mid-sweep: SIGTERM to every process (driver, Ray's daemons, the trials' Train
-    workers). Each running trial commits its step, the sweep exits 75, the rerun restores it."""
-    args = sweep_args(storage, "reclaimed", ["sweep.scheduler=none", "sweep.num_trials=2"])
+    workers). Each running trial commits its step, the sweep exits 75, the rerun restores it. The
+    sweep is of the SFT task by eval_loss (mode min): it ends with results and a best experiment
+    that names the task."""
+    args = sft_sweep_args(storage, tiny_lm)
     log, run_dir = storage / "log.txt", storage / "reclaimed"
     proc = launch(args, log, module="pipelines.sweep")
     try:
@@ -136,6 +165,12 @@ def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resu
         else:  # noticed in its start-up, before a step: nothing to save or lose; it starts again
             assert pre["committed"] is None and trial not in committed, (trial, pre)
             assert [e["kind"] for e in seen] == ["start", "start"], (trial, seen)
+    assert all(float(r["eval_loss"]) > 0 for r in rows)
+    best = min(rows, key=lambda r: float(r["eval_loss"]))
+    text = (run_dir / "best_experiment.yaml").read_text()
+    assert f"Best trial {best['trial']}" in text and "SFTTask" in text  # the task travels with it
+    assert (storage / "exp" / "best-reclaimed.yaml").read_text() == text
+    assert (run_dir / "metric.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

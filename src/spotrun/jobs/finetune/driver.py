@@ -1,29 +1,21 @@
-"""The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop`, run under the spot
-contract (spotrun.recovery.contract: the notice, the commit, the exit code)."""
+"""The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop` (trainer.py), run
+under the spot contract (spotrun.recovery.contract: the notice, the commit, the exit code). torch and
+Ray Train load when the work starts, so a mistake in the config or the data is reported in ~2 s."""
 
 from __future__ import annotations
 
 import time
 
 from omegaconf import OmegaConf
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.v2._internal.callbacks import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-from spotrun.core import config as C
 from spotrun.core.config import validate
 from spotrun.core.events import read_events
 from spotrun.core.paths import REPO_ROOT, scratch_dir
 from spotrun.core.storage import storage_from_cfg
-from spotrun.jobs.finetune.loop import train_loop
 from spotrun.jobs.finetune.outputs import final_dir, is_finished, read_final_metrics
 from spotrun.recovery import fallback
-from spotrun.recovery.checkpoint import CheckpointStore
 from spotrun.recovery.contract import JobKind, Outcome, register
 from spotrun.recovery.lease import JOB_KEY
-
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 
 def job_spec(cfg, repo_root: str, run_name: str, model_path: str, storage_uri: str) -> dict:
@@ -39,45 +31,6 @@ def job_spec(cfg, repo_root: str, run_name: str, model_path: str, storage_uri: s
         if fallback.active(cfg)
         else None,
     }
-
-
-class SpotTrainer(TorchTrainer):
-    """Ray Train's TorchTrainer without two helper actors (a process each, ~3 CPU-seconds to start on
-    every launch) that a spotrun run never uses: the dataset manager, when no Ray Dataset is given,
-    and the placement-group cleaner, which asks the state API whether the controller still lives and
-    cannot here (the state API needs the dashboard spotrun's cluster skips; it failed every second).
-    Pinned ray==2.60.0: `_create_default_callbacks` is Ray Train's own list of them."""
-
-    def _create_default_callbacks(self) -> list:
-        unused = (
-            (PlacementGroupCleanerCallback,)
-            if self.datasets
-            else (PlacementGroupCleanerCallback, DatasetsCallback)
-        )
-        return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
-
-
-def build_trainer(cfg, run_name: str, storage, job: dict, callbacks: list | None = None) -> TorchTrainer:
-    # spotrun's store decides what a run resumes from. Ray's own snapshot of reported checkpoints
-    # would still name folders the store has since pruned (checkpoint.keep), and Ray refuses to start
-    # on a snapshot with a missing checkpoint: start Ray's record afresh on every launch.
-    storage.delete_file(storage.path(run_name, RAY_SNAPSHOT))
-    lo, hi = C.worker_range(cfg.trainer.num_workers)
-    return SpotTrainer(
-        train_loop,
-        train_loop_config=job,
-        torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=lo if lo == hi else (lo, hi), use_gpu=cfg.trainer.use_gpu),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage.base,
-            storage_filesystem=None if storage.is_local else storage.fs,
-            failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
-            # spotrun's store owns retention: it also sees checkpoints Ray never recorded.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-            callbacks=callbacks,  # a sweep forwards each report to Ray Tune
-        ),
-    )
 
 
 def summary(metrics: dict) -> str:
@@ -103,10 +56,14 @@ class FinetuneJob:
         return f"{summary(read_final_metrics(self.storage, self.run_name))}; outputs in {outputs}"
 
     def committed(self) -> str | None:
+        from spotrun.recovery.checkpoint import CheckpointStore  # torch
+
         steps = CheckpointStore(self.storage, self.run_name).committed_steps()
         return f"checkpoint at step {steps[-1]}" if steps else None
 
     def run(self, attempt) -> Outcome:
+        from spotrun.jobs.finetune.trainer import build_trainer  # torch, Ray Train
+
         job = job_spec(self.cfg, self.repo_root, self.run_name, self.model_path, self.storage.uri)
         job[JOB_KEY] = attempt.lease.epoch  # the workers fence their writes with it
         job["phases"] = {**attempt.phases, "fit": time.time()}  # rank 0 records them at its first step

@@ -28,7 +28,7 @@ from spotrun.core.config import validate
 from spotrun.core.events import read_events
 from spotrun.core.paths import REPO_ROOT
 from spotrun.core.storage import open_storage, storage_from_cfg
-from spotrun.jobs.finetune.driver import build_trainer, job_spec
+from spotrun.jobs.finetune.driver import job_spec
 from spotrun.jobs.finetune.outputs import is_finished, read_final_metrics
 from spotrun.jobs.sweep.config import register as register_schema
 from spotrun.jobs.sweep.config import validate_sweep
@@ -96,6 +96,8 @@ def run_trial(params: dict, spec: dict) -> None:
     board = NoticeBoard.options(
         name=board_name(name), namespace=NAMESPACE, get_if_exists=True, lifetime=None
     ).remote()
+    from spotrun.jobs.finetune.trainer import build_trainer  # torch, Ray Train: in the trial's process
+
     job = job_spec(cfg, spec["repo_root"], name, spec["model_path"], storage.uri)
     job["report_checkpoints"] = True  # `loss` at every checkpoint, for ASHA and sweep.metric=loss
     build_trainer(cfg, name, storage, job, callbacks=[ReportToTune(spec["metric"])]).fit()
