@@ -46,18 +46,22 @@ from spotrun.core.paths import scratch_dir
 from spotrun.core.storage import open_storage
 
 GOAL_PCT = 3.0
-# where the loop's time goes besides the step itself (bench --py-spy): spotrun functions of loop.py
+# where the loop's time goes besides the step itself (bench --py-spy): spotrun functions, as py-spy
+# names their frames ("Class.method")
 LOOP_PARTS = {  # name: (function, file it is in)
-    "train_step": ("train_step", "finetune/loop.py"),
-    "_noticed": ("_noticed", "finetune/loop.py"),
-    "_stale": ("_stale", "finetune/loop.py"),
-    "_agree (all-reduce)": ("_agree", "finetune/loop.py"),
-    "heartbeat": ("beat", "recovery/pacing.py"),
-    "log.step": ("step", "finetune/logger.py"),
-    "save (snapshot)": ("save", "finetune/loop.py"),
-    "report (Ray Train)": ("report", "finetune/loop.py"),
+    "train_step": ("Worker.train_step", "finetune/loop.py"),
+    "noticed": ("noticed", "finetune/stop.py"),
+    "stale": ("stale", "finetune/stop.py"),
+    "agree (all-reduce)": ("agree", "finetune/stop.py"),
+    "heartbeat": ("Heartbeat.beat", "recovery/pacing.py"),
+    "log.step": ("RunLogger.step", "finetune/logger.py"),
+    "save (snapshot)": ("Worker.save", "finetune/loop.py"),
+    "report (Ray Train)": ("Worker.report", "finetune/loop.py"),
     "_pacing": ("_pacing", "finetune/loop.py"),
 }
+# besides the loop, on the same cores: the checkpoint writer thread of the Train workers
+WRITER = ("AsyncCheckpointer._run", "recovery/checkpoint.py")
+IDLE = ("Condition.wait", "Event.wait")  # the writer waiting for work: py-spy may still sample it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -201,15 +205,21 @@ def per_step(loop_s: float, first_s: float | None, steps: int) -> dict:
 
 def loop_profile(path: str) -> dict:
     """Shares of the samples inside train_loop (all ranks) that fall in each loop part."""
-    total, parts = 0, dict.fromkeys(LOOP_PARTS, 0)
+    total, parts, writer = 0, dict.fromkeys(LOOP_PARTS, 0), 0
+    frame = lambda fn, file: rf";{re.escape(fn)} \([^)]*{re.escape(file)}"  # noqa: E731
     for line in Path(path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit() or not re.search(r";train_loop \([^)]*finetune/loop\.py", stack):
+        if not count.isdigit():
+            continue
+        if re.search(frame(*WRITER), stack) and not stack.rpartition(";")[2].startswith(IDLE):
+            writer += int(count)
+        if not re.search(frame("train_loop", "finetune/loop.py"), stack):
             continue
         total += int(count)
         for part, (fn, file) in LOOP_PARTS.items():
-            if re.search(rf";{fn} \([^)]*{re.escape(file)}", stack):
+            if re.search(frame(fn, file), stack):
                 parts[part] += int(count)
+    parts["checkpoint writer thread (vs loop)"] = writer
     return {"samples": total, **{k: round(v / total, 4) if total else None for k, v in parts.items()}}
 
 

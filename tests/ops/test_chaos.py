@@ -154,7 +154,9 @@ def test_a_deadline_the_spot_run_would_miss_moves_it_to_on_demand_mid_run(storag
 def test_node_loss_shrinks_the_group_and_the_run_finishes(storage):
     """Two one-CPU worker nodes in a local multi-node Ray cluster; one is removed mid-run. Elastic
     training ([1, 2] workers) restarts on the node that is left, in the same driver, and finishes."""
+    # >= 1 s a step: the node goes 8 s after the first step, mid-run on any machine
     extra = ["trainer.num_workers=[1,2]", "checkpoint.every_steps=2", "trainer.max_steps=16"]
+    extra.append("debug.step_sleep_s=1.0")
     r = chaos(
         ["--schedule", "at:8", "--kinds", "node", "--max-reclaims", "1", "--no-verify"],
         args_for(storage, "node", extra),
