@@ -15,9 +15,10 @@ Batch 8 per worker (conf default: 16) keeps the run at ~3-6 min on 2 cores; a sm
 the fixed per-step costs weigh more, so the overhead read here errs on the high side.
 
 The two sides alternate (plain first, then spotrun first, ...) for --pairs pairs in one run; the
-table shows each side's median. --py-spy records one extra, untimed spotrun run with py-spy
-(`pip install py-spy`; all the job's processes) and prints where the training loop's samples go
-outside the model's own step (bench/results/overhead-pyspy.txt holds the collapsed stacks).
+table shows each side's median. --py-spy makes one extra, untimed spotrun run: py-spy on each Ray
+Train worker for 60 s of its loop (where the loop's samples go outside the model's own step;
+bench/results/overhead-pyspy.txt holds the collapsed stacks), and the CPU-seconds every process of the
+job used in that window (Ray's daemons and actors share the cores with the two ranks).
 
 Both are timed the same way: wall seconds of the step loop on rank 0 (spotrun's comes from the
 "finish" event's loop_s, which includes the checkpoint snapshots, Ray reports and the final wait for
@@ -164,20 +165,13 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     """Run the real pipeline; returns its loop timing and checkpoint costs from events.jsonl."""
     name, root, log = unique_name("bench-overhead"), f"{workdir}/runs", f"{workdir}/spotrun.log"
     cmd = [sys.executable, "-m", "pipelines.finetune", f"run.name={name}", f"storage.root={root}"]
-    if profile:  # every process of the job (Ray workers included), collapsed stacks, 50 samples/s
-        spy = [
-            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "--subprocesses",
-            "--format",
-            "raw",
-        ]
-        cmd = [*spy, "--rate", "50", "--nonblocking", "-o", profile, "--", *cmd]
+    cpu: dict[str, float] = {}
     try:
         with open(log, "w") as f:
-            run = subprocess.run(
-                cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
-            )
+            run = subprocess.Popen(cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+            if profile:
+                cpu = profile_loop(run, root, name, profile)
+            run.wait(timeout=args.timeout)
     finally:  # the run's local scratch folder
         shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     events = read_events(root, name)
@@ -189,12 +183,74 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     ckpts = [e for e in events if e["kind"] == "checkpoint"]
     mean = lambda k: sum(e[k] for e in ckpts) / len(ckpts) if ckpts else None  # noqa: E731
     return per_step(finish["loop_s"], first.get("step_s"), finish["steps_run"]) | {
+        "cpu_s_by_process": cpu,
         "checkpoints": len(ckpts),
         "blocked_s_mean": mean("blocked_s"),
         "write_s_mean": mean("write_s"),
         "checkpoint_bytes": ckpts[-1]["bytes"] if ckpts else None,
         "run_name": name,
     }
+
+
+PROFILE_S = 60.0  # of the loop, from 5 s after its first step (101 steps take ~160 s)
+
+
+def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict[str, float]:
+    """While the loop runs: py-spy on each Ray Train worker (collapsed stacks into `out`) and the
+    CPU-seconds every process of the job used in the same window (Ray's daemons and actors too)."""
+    import psutil
+
+    deadline = time.time() + 600
+    while not any(e["kind"] == "first_step" for e in read_events(root, name)):
+        if proc.poll() is not None or time.time() > deadline:
+            return {}
+        time.sleep(1)
+    time.sleep(5)
+    procs = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    names = {p.pid: _process_name(p) for p in procs}
+    before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spies = [
+        subprocess.Popen(
+            [py_spy, "record", "-p", str(p.pid), "-d", str(int(PROFILE_S)), "-r", "50", "-f", "raw"]
+            + ["-o", f"{out}.{p.pid}", "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for p in procs
+        if names[p.pid] == "ray::RayTrainWorker"
+    ]
+    time.sleep(PROFILE_S)
+    cpu: dict[str, float] = {}
+    for p in procs:
+        try:
+            used = sum(p.cpu_times()[:2]) - before[p.pid]
+        except psutil.Error:
+            continue
+        cpu[names[p.pid]] = round(cpu.get(names[p.pid], 0.0) + used, 2)
+    for spy in spies:
+        spy.wait(timeout=60)
+    with open(out, "w") as f:  # every worker's stacks in one file
+        for spy in spies:
+            part = f"{out}.{spy.args[3]}"
+            if os.path.exists(part):
+                f.write(Path(part).read_text(errors="replace"))
+                os.remove(part)
+    return dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+
+
+def _process_name(p) -> str:
+    """`ray::Actor`, the Ray daemon's or script's file name, or `driver`."""
+    import psutil
+
+    try:
+        argv = p.cmdline()
+    except psutil.Error:
+        return "?"
+    if argv and argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    script = next((a for a in argv[1:3] if a.endswith(".py")), argv[0] if argv else "?")
+    return "driver" if "pipelines.finetune" in argv else os.path.basename(script)
 
 
 def per_step(loop_s: float, first_s: float | None, steps: int) -> dict:
@@ -282,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                     spots.append(timed(run_spotrun, args, workdir))
         if spy:  # one more spotrun run under py-spy, left out of the timings (sampling slows it)
             print("py-spy: one more spotrun run, profiled, not timed ...", flush=True)
-            run_spotrun(args, workdir, spy)
+            cpu = run_spotrun(args, workdir, spy)["cpu_s_by_process"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     plain, spot = medians(plains), medians(spots)
@@ -292,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = [[k, fmt(v and 100 * v, ".1f") + " %"] for k, v in prof.items() if k != "samples"]
         print_table(
             f"py-spy: share of {prof['samples']} train_loop samples (all ranks)", ["part", "share"], rows
+        )
+        summary["cpu_s_by_process"] = cpu
+        total = sum(cpu.values()) or 1.0
+        rows = [[k, f"{v:.2f}", f"{100 * v / total:.1f} %"] for k, v in cpu.items()]
+        print_table(
+            f"CPU-seconds of each process in {PROFILE_S:.0f} s of the loop",
+            ["process", "CPU s", "share"],
+            rows,
         )
     data = {
         "settings": vars(args),
