@@ -1,6 +1,6 @@
 """The driver side of a fine-tune: Ray Train's TorchTrainer around `loop.train_loop` (trainer.py), run
 under the spot contract (spotrun.recovery.contract: the notice, the commit, the exit code). torch and
-Ray Train load when the work starts, so a mistake in the config or the data is reported in ~2 s."""
+Ray Train load when the work starts, so a mistake in the config is reported in ~1 s."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ class SpotTrainer(TorchTrainer):
     """Ray Train's TorchTrainer without two helper actors (a process each, ~3 CPU-seconds to start on
     every launch) that a spotrun run never uses: the dataset manager, when no Ray Dataset is given,
     and the placement-group cleaner, which asks the state API whether the controller still lives and
-    cannot here (the state API needs the dashboard spotrun's cluster skips; it failed every second).
+    cannot here (the state API needs the dashboard that spotrun's clusters, local and on SkyPilot,
+    start without; it failed every second).
     Pinned ray==2.60.0: `_create_default_callbacks` is Ray Train's own list of them."""
 
     def _create_default_callbacks(self) -> list:
