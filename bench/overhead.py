@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.common import REPO, RESULTS, busy_note, fmt, print_table, read_events, unique_name, write_results
 from spotrun.core.paths import scratch_dir
 from spotrun.core.storage import open_storage
@@ -169,9 +171,16 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     try:
         with open(log, "w") as f:
             run = subprocess.Popen(cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-            if profile:
-                cpu = profile_loop(run, root, name, profile)
-            run.wait(timeout=args.timeout)
+            try:
+                if profile:
+                    cpu = profile_loop(run, root, name, profile)
+                run.wait(timeout=args.timeout)
+            finally:  # abandoned (timeout, an error): the driver's whole tree goes with it
+                if run.poll() is None:
+                    tree = [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]
+                    for p in tree:
+                        p.kill()
+                    psutil.wait_procs(tree, timeout=30)
     finally:  # the run's local scratch folder
         shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     events = read_events(root, name)
@@ -198,8 +207,6 @@ PROFILE_S = 60.0  # of the loop, from 5 s after its first step (101 steps take ~
 def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict[str, float]:
     """While the loop runs: py-spy on each Ray Train worker (collapsed stacks into `out`) and the
     CPU-seconds every process of the job used in the same window (Ray's daemons and actors too)."""
-    import psutil
-
     deadline = time.time() + 600
     while not any(e["kind"] == "first_step" for e in read_events(root, name)):
         if proc.poll() is not None or time.time() > deadline:
@@ -210,15 +217,15 @@ def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict
     names = {p.pid: _process_name(p) for p in procs}
     before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    parts = [f"{out}.{p.pid}" for p in procs if names[p.pid] == "ray::RayTrainWorker"]
     spies = [
         subprocess.Popen(
-            [py_spy, "record", "-p", str(p.pid), "-d", str(int(PROFILE_S)), "-r", "50", "-f", "raw"]
-            + ["-o", f"{out}.{p.pid}", "--nonblocking"],
+            [py_spy, "record", "-p", part.rsplit(".", 1)[1], "-d", str(int(PROFILE_S)), "-r", "50"]
+            + ["-f", "raw", "-o", part, "--nonblocking"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for p in procs
-        if names[p.pid] == "ray::RayTrainWorker"
+        for part in parts
     ]
     time.sleep(PROFILE_S)
     cpu: dict[str, float] = {}
@@ -231,8 +238,7 @@ def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict
     for spy in spies:
         spy.wait(timeout=60)
     with open(out, "w") as f:  # every worker's stacks in one file
-        for spy in spies:
-            part = f"{out}.{spy.args[3]}"
+        for part in parts:
             if os.path.exists(part):
                 f.write(Path(part).read_text(errors="replace"))
                 os.remove(part)
@@ -241,8 +247,6 @@ def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict
 
 def _process_name(p) -> str:
     """`ray::Actor`, the Ray daemon's or script's file name, or `driver`."""
-    import psutil
-
     try:
         argv = p.cmdline()
     except psutil.Error:

@@ -1,5 +1,5 @@
 """Ray Train's TorchTrainer around `loop.train_loop`, as every fine-tune (and every sweep trial) runs
-it. Imported when the work starts: a config or data mistake is reported before torch and Ray Train load."""
+it. Imported when the work starts: a config mistake is reported before torch and Ray Train load."""
 
 from __future__ import annotations
 
