@@ -31,6 +31,7 @@ a few percent: re-run before reading much into a small difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -179,7 +180,8 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
                 if run.poll() is None:
                     tree = [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]
                     for p in tree:
-                        p.kill()
+                        with contextlib.suppress(psutil.Error):
+                            p.kill()
                     psutil.wait_procs(tree, timeout=30)
     finally:  # the run's local scratch folder
         shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
