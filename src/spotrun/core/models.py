@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 
 from spotrun.core.errors import ConfigError
 
@@ -56,6 +57,7 @@ def existing_model_path(model_cfg) -> str:
 def probe_model(model_cfg, **load_kwargs):
     """(path, its transformers config) without loading weights; a one-line ConfigError if unusable."""
     path = existing_model_path(model_cfg)
+    defer_sklearn()  # a config class's docstring machinery imports the model classes too
     try:
         from huggingface_hub.utils import logging as hub_logging
         from transformers import AutoConfig
@@ -73,3 +75,36 @@ def probe_model(model_cfg, **load_kwargs):
 def check_model(model_cfg) -> str:
     """The path of a model that can be loaded; a one-line ConfigError otherwise."""
     return probe_model(model_cfg)[0]
+
+
+def defer_sklearn() -> None:
+    """Make transformers import scikit-learn when it is used, not with every model class.
+
+    Whenever scikit-learn is installed (sentence-transformers requires it), transformers' generation
+    utilities import `sklearn.metrics.roc_curve` at import time: one option of assisted generation
+    uses it. That is ~2 CPU-seconds of the ~8 s of imports in every Ray Train worker of every launch.
+    Called before a model class is first imported: the module is imported with the check answering
+    no, then its `roc_curve` is bound to a wrapper that imports scikit-learn on its first call, and its
+    check is the real one again. Nothing changes for code that calls either. A no-op once the module
+    is imported. Pinned transformers (requirements.lock): `generation.candidate_generator` reads
+    `utils.is_sklearn_available` at import."""
+    name = "transformers.generation.candidate_generator"
+    if name in sys.modules:
+        return
+    import transformers.utils as hf_utils
+
+    found = hf_utils.is_sklearn_available
+    hf_utils.is_sklearn_available = lambda: False
+    try:
+        module = importlib.import_module(name)
+    finally:
+        hf_utils.is_sklearn_available = found
+    module.is_sklearn_available = found
+    if found():
+
+        def roc_curve(*args, **kwargs):
+            from sklearn.metrics import roc_curve
+
+            return roc_curve(*args, **kwargs)
+
+        module.roc_curve = roc_curve

@@ -29,6 +29,9 @@ def gguf_kwargs(path: str, model_cfg) -> dict:
 
 def load_causal_lm(path: str, model_cfg):
     """(model, tokenizer) in fp32, with a pad token (padding is masked out of the loss anyway)."""
+    from spotrun.core.models import defer_sklearn
+
+    defer_sklearn()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = gguf_kwargs(path, model_cfg)

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from spotrun.core.errors import ConfigError
-from spotrun.core.models import existing_model_path, probe_model, resolve_model_path  # noqa: F401 - part of the API
+from spotrun.core.models import (  # noqa: F401 - part of the API
+    defer_sklearn,
+    existing_model_path,
+    probe_model,
+    resolve_model_path,
+)
 
 
 def check_model(model_cfg, task_cls: type | None = None) -> str:
@@ -36,6 +41,7 @@ def model_is_there(model_cfg) -> str:
 def load_encoder(path: str):
     """(model, tokenizer). The pooler head is dropped: mean pooling never uses it, and DDP rejects
     parameters that receive no gradient."""
+    defer_sklearn()
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)

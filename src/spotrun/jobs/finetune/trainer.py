@@ -7,20 +7,24 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 
 from spotrun.core import config as C
 from spotrun.jobs.finetune.loop import train_loop
+from spotrun.jobs.finetune.scaling import FixedGroup
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 
 class SpotTrainer(TorchTrainer):
-    """Ray Train's TorchTrainer without two helper actors (a process each, ~3 CPU-seconds to start on
-    every launch) that a spotrun run never uses: the dataset manager, when no Ray Dataset is given,
-    and the placement-group cleaner, which asks the state API whether the controller still lives and
+    """Ray Train's TorchTrainer without three helper actors (a process each, ~2.5-3 CPU-seconds to
+    start on every launch) that a spotrun run never uses: the dataset manager, when no Ray Dataset is
+    given; the placement-group cleaner, which asks the state API whether the controller still lives and
     cannot here (the state API needs the dashboard that spotrun's clusters, local and on SkyPilot,
-    start without; it failed every second).
-    Pinned ray==2.60.0: `_create_default_callbacks` is Ray Train's own list of them."""
+    start without; it failed every second); and, for a fixed-size group, the autoscaling coordinator
+    (`scaling.FixedGroup` says why).
+    Pinned ray==2.60.0: `_create_default_callbacks` is Ray Train's own list of callbacks, and
+    `_initialize_and_run_controller` receives the scaling policy `fit` made."""
 
     def _create_default_callbacks(self) -> list:
         unused = (
@@ -29,6 +33,11 @@ class SpotTrainer(TorchTrainer):
             else (PlacementGroupCleanerCallback, DatasetsCallback)
         )
         return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        if type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
+            controller_init_kwargs["scaling_policy"] = FixedGroup(self.scaling_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
 def build_trainer(cfg, run_name: str, storage, job: dict, callbacks: list | None = None) -> TorchTrainer:
