@@ -122,6 +122,7 @@ def test_multirun_of_two_points_resumes_after_a_kill(tmp_path):
         "trainer.max_steps=12",
         "checkpoint.every_steps=4",
         "debug.step_sleep_s=0.3",  # room to kill the second point mid-run
+        "trainer.num_workers=1",  # what is tested is Hydra's multirun, not DDP
         "seed=1,2",
     ]
     first, second = root / "finetune-tiny-seed-1", root / "finetune-tiny-seed-2"
