@@ -10,14 +10,9 @@ from collections import Counter
 
 import pytest
 from conftest import (
-    TINY,
     args_for,
-    checkpoint_steps,
     events,
-    kill_tree,
-    launch,
     run,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
