@@ -123,9 +123,7 @@ def test_gzipped_jsonl_is_accepted_and_reads_like_training(tmp_path):
     with gzip.open(path, "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in _pairs(12))
     cfg = _cfg(tmp_path, str(path))
-    from spotrun.jobs.finetune.models import check_model
-
-    check_data(cfg, str(REPO), check_model(cfg.model))  # no error
+    check_data(cfg, str(REPO))  # no error
     queries, docs = load_pairs(cfg.data, str(REPO), "train")
     assert queries[:2] == ["q0", "q1"] and len(docs) == 12
 
@@ -133,9 +131,8 @@ def test_gzipped_jsonl_is_accepted_and_reads_like_training(tmp_path):
 def test_a_large_file_is_checked_by_a_sample(tmp_path, monkeypatch):
     """Past LARGE_BYTES the file streams: the first rows are checked, the whole is never loaded."""
     from spotrun.jobs.finetune import datacheck
-    from spotrun.jobs.finetune.models import check_model
 
     monkeypatch.setattr(datacheck, "LARGE_BYTES", 100)
     cfg = _cfg(tmp_path, _jsonl(tmp_path / "big.jsonl", [{"query": None, "doc": "d"}] + _pairs(2000)))
     with pytest.raises(ConfigError, match="row 0 is null"):
-        check_data(cfg, str(REPO), check_model(cfg.model))
+        check_data(cfg, str(REPO))

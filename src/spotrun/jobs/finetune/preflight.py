@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from spotrun.core.errors import ConfigError
 from spotrun.core.storage import storage_from_cfg
-from spotrun.jobs.finetune.datacheck import check_data
-from spotrun.jobs.finetune.models import check_model, model_is_there
+from spotrun.jobs.finetune.datacheck import check_data, check_length
 from spotrun.jobs.finetune.parts import check_parts
-from spotrun.jobs.finetune.resume import check_resume
 from spotrun.recovery.runtime import resolve_run_name
 
 
@@ -22,11 +20,19 @@ def preflight(cfg, repo_root: str) -> tuple[str, str]:
         raise ConfigError(
             f"storage.root={cfg.storage.root!r}: expected a reachable folder or bucket ({unreachable})"
         )
+    # cheapest first: the data reads in ~1 s; checkpoints and the task's code import torch (~2 s),
+    # the model's config transformers (~4 s)
+    check_data(cfg, repo_root)
+    from spotrun.jobs.finetune.models import check_model, model_is_there
+    from spotrun.jobs.finetune.resume import check_resume
+
     resuming = check_resume(cfg, storage, run_name)  # a relaunch must not change what its checkpoints trained
     task_cls = check_parts(cfg)  # the task, optimizer, schedule are there
-    # a resume of these very settings: an earlier attempt loaded this model (the fingerprint holds
-    # model.*), so its folder is only checked to be there; a first launch reads its config (~4 s of
-    # transformers imports, off every restart's path)
-    model_path = model_is_there(cfg.model) if resuming else check_model(cfg.model, task_cls)
-    check_data(cfg, repo_root, model_path, check_length=not resuming)
+    # a resume of these very settings: an earlier attempt loaded this model and trained with this
+    # data.max_length (the fingerprint holds model.* and data.*), so its folder is only checked to be
+    # there; a first launch reads its config (~4 s of transformers imports, off every restart's path)
+    if resuming:
+        return run_name, model_is_there(cfg.model)
+    model_path = check_model(cfg.model, task_cls)
+    check_length(cfg, model_path)
     return run_name, model_path

@@ -14,12 +14,13 @@ A new task is one Python file with a class like these plus one YAML in conf/task
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from spotrun.core.errors import ConfigError
 from spotrun.jobs.finetune.outputs import write_final
+
+if TYPE_CHECKING:  # a config check imports this package before anything needs torch
+    import torch
 
 
 class WholeModel:
