@@ -66,7 +66,7 @@ runs: $(STAMP)  ## Every run under a storage root (ROOT=runs or s3://..., ARGS="
 # Two pytest-xdist workers, one test file each at a time: a run that sleeps between paced steps or
 # waits on a notice leaves a core idle, and the other worker's test takes it. Shared runs (the
 # reference runs of tests/conftest.py) are made once, under a file lock.
-XDIST := -n 2 --dist loadfile
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder  # files longest first: tests/conftest.py
 
 test: $(STAMP)  ## Run the whole test suite (real Ray, bucket and metadata servers; see README for its time)
 	$(PY) -m pytest $(XDIST) $(ARGS)

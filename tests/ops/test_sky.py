@@ -140,20 +140,24 @@ def test_cross_provider_regions_and_nodes():
     assert task["num_nodes"] == 2
 
 
-def test_fallback_renders_a_spot_then_on_demand_chain_skypilot_loads(private_sky_home, tmp_path):
+def test_fallback_renders_a_spot_then_on_demand_chain_skypilot_loads(tmp_path, capfd):
+    """`spotrun launch` in this process (the real command line: the dry-run tests below)."""
     from sky.utils import dag_utils
 
-    out = cli(
-        ["finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.after_reclaims=3"],
-        private_sky_home,
+    from spotrun.ops.cli import main
+
+    capfd.readouterr()
+    code = main(
+        ["launch", "finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.after_reclaims=3"]
     )
-    assert out.returncode == 0, out.stderr
+    out = capfd.readouterr()
+    assert code == 0, out.err
     path = tmp_path / "chain.yaml"
-    path.write_text(out.stdout)
+    path.write_text(out.out)
     dag = dag_utils.load_chain_dag_from_yaml(str(path))  # what `sky jobs launch chain.yaml` reads
     names = [t.name for t in dag.tasks]
     assert dag.is_chain() and names == ["spotrun-finetune-default", "spotrun-finetune-default-on-demand"]
-    header, spot, on_demand = yaml.safe_load_all(out.stdout)
+    header, spot, on_demand = yaml.safe_load_all(out.out)
     assert header == {"name": "spotrun-finetune-default"}
     assert spot["resources"]["use_spot"] and not on_demand["resources"]["use_spot"]
     assert (
@@ -370,11 +374,15 @@ def test_overrides_travel_resolved_once_and_one_argument_each(monkeypatch, tmp_p
         "run.name=${oc.env:AWS_SECRET_ACCESS_KEY}",
     ],
 )
-def test_a_secret_in_a_name_or_override_is_refused(private_sky_home, override):
-    env = {"WANDB_API_KEY": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET + "aws"}
-    out = cli(
-        ["finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", override], private_sky_home, env
-    )
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert out.returncode == 2 and len(lines) == 1 and "expected no secret" in lines[0], out.stderr
-    assert SECRET not in out.stderr and SECRET not in out.stdout
+def test_a_secret_in_a_name_or_override_is_refused(override, capfd, monkeypatch):
+    """In this process, the secrets in its environment (the real command line: the dry-run tests)."""
+    from spotrun.ops.cli import main
+
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET + "aws")
+    capfd.readouterr()
+    code = main(["launch", "finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", override])
+    out = capfd.readouterr()
+    lines = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "expected no secret" in lines[0], out.err
+    assert SECRET not in out.err and SECRET not in out.out
