@@ -148,7 +148,14 @@ def test_fallback_renders_a_spot_then_on_demand_chain_skypilot_loads(tmp_path, c
 
     capfd.readouterr()
     code = main(
-        ["launch", "finetune", "--dryrun", "cloud=gcp", f"storage.root={BUCKET}", "cloud.fallback.after_reclaims=3"]
+        [
+            "launch",
+            "finetune",
+            "--dryrun",
+            "cloud=gcp",
+            f"storage.root={BUCKET}",
+            "cloud.fallback.after_reclaims=3",
+        ]
     )
     out = capfd.readouterr()
     assert code == 0, out.err
