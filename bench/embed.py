@@ -1,6 +1,7 @@
 """Embedding throughput: the whole pipeline vs raw `SentenceTransformer.encode`, same cores and texts.
 
     python -m bench.embed [--rows 20000] [--batch-size 64]      # also: --rows 20000 100000
+    python -m bench.embed --variant default: --variant 1cpu:embed.cpus_per_actor=1   # side by side
 
 Texts: a generated corpus, not the shipped docstrings (nothing here is tuned to it): seeded random
 sentences of 3-120 pseudo-words (lengths log-normal, so padding matters as in real text) from a
@@ -35,7 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7, help="the generated corpus")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-rows", type=int, default=1024)
-    return p.parse_args(argv)
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="LABEL:OVERRIDE[,OVERRIDE...] pipeline settings to compare (default: the pipeline's own)",
+    )
+    args = p.parse_args(argv)
+    args.variants = [
+        (label, [o for o in overrides.split(",") if o])
+        for label, _, overrides in (v.partition(":") for v in (args.variant or ["default:"]))
+    ]
+    return args
 
 
 def corpus(rows: int, seed: int = 7) -> list[str]:
@@ -76,14 +88,14 @@ def raw_rows_per_s(texts: list[str], batch_size: int) -> float:
     return len(texts) / (time.perf_counter() - t0)
 
 
-def pipeline(texts: list[str], args, workdir: Path) -> dict:
+def pipeline(texts: list[str], args, workdir: Path, overrides: list[str] = ()) -> dict:
     """Run the real pipeline once; wall-clock rows/s from launch to exit, and its own summary."""
     data = workdir / f"corpus-{len(texts)}.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cmd = [sys.executable, "-m", "pipelines.embed", f"storage.root={workdir}", f"embed.input={data}"]
     name = unique_name("bench-embed")
     cmd += ["embed.text_column=text", f"run.name={name}", "logger.progress=false"]
-    cmd += [f"embed.batch_size={args.batch_size}", f"embed.shard_rows={args.shard_rows}"]
+    cmd += [f"embed.batch_size={args.batch_size}", f"embed.shard_rows={args.shard_rows}", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -109,18 +121,21 @@ def main(argv: list[str] | None = None) -> None:
             texts = corpus(rows, args.seed)
             raw = raw_rows_per_s(texts, args.batch_size)
             loads.append(os.getloadavg()[0])
-            run = pipeline(texts, args, Path(tmp))
-            loads.append(os.getloadavg()[0])
-            steady = run["steady_rows_per_s"] and run["steady_rows_per_s"] / raw
-            results.append(
-                {"rows": rows, "raw_rows_per_s": round(raw, 1), **run, "ratio": run["rows_per_s"] / raw}
-                | {"steady_ratio": steady}
-            )
-            print(f"{rows} rows: raw {raw:.1f} rows/s, pipeline {run['rows_per_s']:.1f} rows/s", flush=True)
-            save(args, results, loads)  # after each size: a long 100k run interrupted keeps the 10k row
+            for label, overrides in args.variants:
+                run = pipeline(texts, args, Path(tmp), overrides)
+                loads.append(os.getloadavg()[0])
+                steady = run["steady_rows_per_s"] and run["steady_rows_per_s"] / raw
+                results.append(
+                    {"rows": rows, "variant": label, "overrides": overrides, "raw_rows_per_s": round(raw, 1)}
+                    | run
+                    | {"ratio": run["rows_per_s"] / raw, "steady_ratio": steady}
+                )
+                print(f"{rows} rows, {label}: raw {raw:.1f} rows/s, pipeline {run['rows_per_s']:.1f} rows/s")
+                save(args, results, loads)  # after each run: a long 100k run interrupted keeps the rest
     table = [
         [
             r["rows"],
+            r["variant"],
             f"{r['raw_rows_per_s']:.1f}",
             f"{r['rows_per_s']:.1f}",
             f"{r['wall_s']:.1f}",
@@ -129,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for r in results
     ]
-    headers = ["rows", "raw encode rows/s", "pipeline rows/s", "pipeline wall s", "launch-to-exit (>= 0.8)"]
+    headers = ["rows", "variant", "raw encode rows/s", "pipeline rows/s", "pipeline wall s"]
+    headers += ["launch-to-exit (>= 0.8)"]
     headers += ["steady state (>= 0.9)"]
     print_table("Embedding: pipeline (launch to exit) vs raw encode, same cores and texts", headers, table)
     print(busy_note([round(x, 1) for x in loads]))
