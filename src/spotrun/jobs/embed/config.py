@@ -35,7 +35,7 @@ class EmbedConf:
     max_seq_length: int | None = None  # None: the model's own
     shard_rows: int = 1024  # rows per committed output file: the most a reclaim can cost per actor
     actors: int | None = None  # None: sized from the cluster (one per GPU, else CPUs / cpus_per_actor)
-    cpus_per_actor: int = 4  # torch threads per CPU actor (capped at the cluster's CPUs)
+    cpus_per_actor: int = 1  # torch threads per CPU actor: one actor per core (bench/embed.py)
     compression: str = "zstd"
     trace_attempts: bool = False  # write a marker per shard attempt (tests of bounded recomputation)
     shard_sleep_s: float = 0.0  # slow each shard down (tests that reclaim mid-run)

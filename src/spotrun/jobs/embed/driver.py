@@ -69,8 +69,9 @@ class Embedder:
 
 def actor_layout(e, node_cpus: list[int], gpus: int) -> tuple[int, float, int]:
     """(actors, CPUs per actor, GPUs per actor) that fit the cluster's nodes. One actor per GPU;
-    on CPUs the actors split every node's cores and leave none idle (two 1-CPU actors on 2 CPUs
-    hang when a read task must feed them; here the driver feeds them, no read task)."""
+    on CPUs the actors split every node's cores and leave none idle: by default one single-threaded
+    actor per core (1-CPU actors would hang if a read task had to feed them; here the driver feeds
+    them, no read task)."""
     cpus = max(1, sum(node_cpus))
     if gpus:
         n = e.actors or gpus
