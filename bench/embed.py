@@ -1,7 +1,7 @@
 """Embedding throughput: the whole pipeline vs raw `SentenceTransformer.encode`, same cores and texts.
 
     python -m bench.embed [--rows 20000] [--batch-size 64]      # also: --rows 20000 100000
-    python -m bench.embed --variant default: --variant 1cpu:embed.cpus_per_actor=1   # side by side
+    python -m bench.embed --variant default: --variant 2-thread:embed.cpus_per_actor=2   # side by side
 
 Texts: a generated corpus, not the shipped docstrings (nothing here is tuned to it): seeded random
 sentences of 3-120 pseudo-words (lengths log-normal, so padding matters as in real text) from a
