@@ -80,7 +80,7 @@ def _cached(folder: Path, build) -> Path:
 # while the other worker idles. Seconds: `--durations` on 2 cores, Dec 2026. A file not listed keeps
 # its place after these.
 LONGEST_FIRST = (
-    "ops/test_chaos.py",  # ~750 s: ten launches, two runs paced at 1 s a step
+    "ops/test_chaos.py",  # ~660-750 s: eleven attempts, two runs paced at 1 s a step
     "jobs/finetune/test_llm.py",  # ~430 s: the real SmolLM2, the tiny LM's DDP reference and reclaim
     "jobs/sweep/test_sweep.py",  # ~320 s
     "core/test_storage_buckets.py",  # ~260 s
