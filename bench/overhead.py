@@ -31,7 +31,6 @@ a few percent: re-run before reading much into a small difference.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ import psutil
 from bench.common import REPO, RESULTS, busy_note, fmt, print_table, read_events, unique_name, write_results
 from spotrun.core.paths import scratch_dir
 from spotrun.core.storage import open_storage
+from spotrun.ops.chaos import kill_tree
 
 GOAL_PCT = 3.0
 # where the loop's time goes besides the step itself (bench --py-spy): spotrun functions, as py-spy
@@ -178,11 +178,7 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
                 run.wait(timeout=args.timeout)
             finally:  # abandoned (timeout, an error): the driver's whole tree goes with it
                 if run.poll() is None:
-                    tree = [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]
-                    for p in tree:
-                        with contextlib.suppress(psutil.Error):
-                            p.kill()
-                    psutil.wait_procs(tree, timeout=30)
+                    kill_tree(run)
     finally:  # the run's local scratch folder
         shutil.rmtree(scratch_dir(str(REPO), open_storage(root).uri, name), ignore_errors=True)
     events = read_events(root, name)

@@ -104,12 +104,9 @@ def _check_column(key: str, spec: str, field_key: str, column: str, records: lis
             )
 
 
-def check_length(cfg, model_path: str) -> None:
-    """data.max_length within the model's position limit (max_position_embeddings / n_positions)."""
-    from spotrun.core.models import probe_model
-    from spotrun.jobs.finetune.llm import gguf_kwargs
-
-    _, config = probe_model(cfg.model, **gguf_kwargs(model_path, cfg.model))
+def check_length(cfg, model_path: str, config) -> None:
+    """data.max_length within the position limit (max_position_embeddings / n_positions) of the
+    model's transformers `config`, as the model check read it."""
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if isinstance(limit, int):
         _require(

@@ -17,15 +17,16 @@ from spotrun.core.models import (  # noqa: F401 - part of the API
 )
 
 
-def check_model(model_cfg, task_cls: type | None = None) -> str:
-    """Resolve and probe the model's config without loading weights; a one-line error if unusable,
-    or if the task's own `check` refuses the model (e.g. LoRA targets the model lacks)."""
+def check_model(model_cfg, task_cls: type | None = None):
+    """(path, its transformers config): the model's config probed without loading weights; a
+    one-line error if unusable, or if the task's own `check` refuses the model (e.g. LoRA targets
+    the model lacks)."""
     from spotrun.jobs.finetune.llm import gguf_kwargs
 
     path, config = probe_model(model_cfg, **gguf_kwargs(resolve_model_path(model_cfg), model_cfg))
     if task_cls is not None and hasattr(task_cls, "check"):
         task_cls.check(model_cfg, config)
-    return path
+    return path, config
 
 
 def model_is_there(model_cfg) -> str:

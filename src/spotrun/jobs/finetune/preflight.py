@@ -33,6 +33,6 @@ def preflight(cfg, repo_root: str) -> tuple[str, str]:
     # there; a first launch reads its config (~4 s of transformers imports, off every restart's path)
     if resuming:
         return run_name, model_is_there(cfg.model)
-    model_path = check_model(cfg.model, task_cls)
-    check_length(cfg, model_path)
+    model_path, config = check_model(cfg.model, task_cls)
+    check_length(cfg, model_path, config)
     return run_name, model_path
