@@ -220,18 +220,31 @@ class AsyncCheckpointer:
         self._thread.start()
 
     def _snapshot(self, bufs: dict, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Copy every tensor into this set's host buffers. A GPU tensor's buffer is pinned: the copies
+        run at the link's full speed and are all queued before one wait per device (a pageable
+        buffer makes each copy a synchronous, staged transfer)."""
+        devices = set()
         for group, tensors in groups.items():
             dst = bufs.setdefault(group, {})
             for name, t in tensors.items():
                 t = t.detach()
                 buf = dst.get(name)
-                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                    dst[name] = buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
-                buf.copy_(t)
+                if (
+                    buf is None
+                    or buf.shape != t.shape
+                    or buf.dtype != t.dtype
+                    or buf.is_pinned() != t.is_cuda
+                ):
+                    dst[name] = buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)
+                buf.copy_(t, non_blocking=t.is_cuda)
+                if t.is_cuda:
+                    devices.add(t.device)
             for stale in set(dst) - set(tensors):
                 del dst[stale]
         for stale in set(bufs) - set(groups):
             del bufs[stale]
+        for device in devices:  # the buffers hold the step's values before the loop goes on
+            torch.cuda.synchronize(device)
 
     def save(
         self,

@@ -21,6 +21,7 @@ from spotrun.core.events import EventLog, read_events
 from spotrun.core.storage import storage_from_cfg
 from spotrun.jobs.finetune import resume
 from spotrun.jobs.finetune.data import ExactSampler, Position
+from spotrun.jobs.finetune.fsdp import DDP_OPTIONS
 from spotrun.jobs.finetune.logger import RunLogger
 from spotrun.jobs.finetune.parts import build_optimizer, build_scheduler
 from spotrun.jobs.finetune.shard_io import ShardIO
@@ -240,7 +241,8 @@ def _start(job: dict, marks: dict) -> tuple[Worker, RunLogger]:
     log = RunLogger(w.cfg, w.run_name, job["local_dir"], w.meta.get("wandb_id"), enabled=w.rank == 0)
     w.meta["wandb_id"] = log.run_id
     _announce(w, resumed)
-    w.ddp = ray.train.torch.prepare_model(w.model) if w.world > 1 and not w.task.sharded else w.model
+    wrap = w.world > 1 and not w.task.sharded
+    w.ddp = ray.train.torch.prepare_model(w.model, parallel_strategy_kwargs=DDP_OPTIONS) if wrap else w.model
     w.ddp.train()
     return w, log
 
