@@ -31,6 +31,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -562,6 +563,8 @@ def bench_ddp(args, device, budget: Budget, tmp: str) -> dict:
     task = encoder_task(device, folder)
     kw = {"device_ids": [device.index]} if device.type == "cuda" else {}  # as ray.train.torch.prepare_model
     ddp_options = import_spotrun("spotrun.jobs.finetune.fsdp").DDP_OPTIONS  # what the loop passes
+    if "forward_sync_buffers" not in inspect.signature(DDP).parameters:  # torch < 2.13: its older name
+        ddp_options = {"broadcast_buffers": ddp_options["forward_sync_buffers"]}
     backend = dist.get_backend()
     variants = {"no DDP": None, f"DDP {backend}": ddp_options, f"DDP {backend}, torch's defaults": {}}
     for label, options in variants.items():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-# DDP (trainer.parallel=ddp) does not broadcast buffers before each forward: every rank loads the same
-# weights and buffers (the model folder or the checkpoint) and a transformer's buffers (position ids)
-# never change. The tasks call the model twice a step (queries, then documents); with torch's default
-# the second call's broadcast rewrites in place the position ids the first saved for backward, and
-# backward fails on NCCL ("modified by an inplace operation", bench/gpu.py on an H200).
-DDP_OPTIONS = {"broadcast_buffers": False}
+# DDP (trainer.parallel=ddp) syncs buffers once, when it wraps the model, not before each forward: a
+# transformer's buffers (position ids) never change. The tasks call the model twice a step (queries,
+# then documents); with torch's default the second call's broadcast rewrites in place the position ids
+# the first saved for backward, and backward fails on NCCL ("modified by an inplace operation":
+# bench/gpu.py on an H200, torch 2.11's equivalent `broadcast_buffers=False` fixed it).
+DDP_OPTIONS = {"forward_sync_buffers": False}
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
