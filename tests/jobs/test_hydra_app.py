@@ -1,12 +1,10 @@
 """The pipelines as Hydra apps, run as a user types them: --help, --cfg job, --info, shell completion,
-mistakes (one line, exit 2), and a two-point multirun of the tiny fine-tune that resumes after a kill."""
+mistakes (one line, exit 2). A two-point multirun that resumes after a kill runs end to end in
+tests/jobs/finetune/test_adapt.py, on the user's own model and task."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from conftest import REPO, TINY, events, kill_tree, launch, wait_for
 
 from spotrun.recovery.hydra_app import named
 
@@ -109,49 +107,3 @@ def test_multirun_point_names():
     long = named([f"model.name={'x' * 300}"], {"model.name"}, "ft")[-1]
     assert len(long.split("=", 1)[1]) <= 128
     assert named(["run.name=a", "seed=1"], {"run.name"}, "ft") == ["run.name=a", "seed=1"]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_multirun_of_two_points_resumes_after_a_kill(tmp_path):
-    root = tmp_path / "runs"
-    args = [
-        "-m",
-        *TINY,
-        f"storage.root={root}",
-        "trainer.max_steps=12",
-        "checkpoint.every_steps=4",
-        "debug.step_sleep_s=0.3",  # room to kill the second point mid-run
-        "trainer.num_workers=1",  # what is tested is Hydra's multirun, not DDP
-        "seed=1,2",
-    ]
-    first, second = root / "finetune-tiny-seed-1", root / "finetune-tiny-seed-2"
-    log = tmp_path / "log.txt"
-    proc = launch(args, log)
-    try:
-        wait_for(
-            lambda: any(e["kind"] == "checkpoint" for e in events(second)),
-            proc,
-            timeout=900,  # two Ray start-ups on a loaded 2-core machine
-            what="point 2 commits",
-        )
-    finally:
-        kill_tree(proc)  # SIGKILL the multirun's whole process group
-    assert any(e["kind"] == "finish" for e in events(first)), log.read_text()[-3000:]
-    assert not any(e["kind"] == "finish" for e in events(second))
-    launches_before = sum(e["kind"] == "launch" for e in events(first))
-
-    proc = launch(args, log)  # the same command again
-    try:
-        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-    text = log.read_text()
-    assert "run 'finetune-tiny-seed-1' already finished" in text
-    assert sum(e["kind"] == "launch" for e in events(first)) == launches_before  # not retrained
-    resumed = [e for e in events(second) if e["kind"] == "resume"]
-    assert resumed and resumed[0]["step"] >= 4, events(second)  # from its checkpoint, not step 0
-    assert any(e["kind"] == "finish" for e in events(second))
-    assert not (REPO / "outputs").exists()
-    sweeps = REPO / ".spotrun" / "hydra" / "finetune-multirun"
-    assert sweeps.is_dir() and os.getcwd()  # Hydra's folder under .spotrun/, cwd unchanged

@@ -1,16 +1,18 @@
 """Adapting the template by config alone: the user's own model folder, a task picked by `task=`, and
-the settings a resume must keep. Real pipeline subprocesses on a real local Ray cluster, a user's
-own tiny BERT (its own config, MiniLM's real tokenizer files), real SIGKILLs."""
+the settings a resume must keep, run as a two-point Hydra multirun that resumes after a kill. Real
+pipeline subprocesses on a real local Ray cluster, a user's own tiny BERT (its own config, MiniLM's
+real tokenizer files), real SIGKILLs."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import assert_identical, events, kill_tree, launch, run, wait_for
+from conftest import REPO, assert_identical, events, kill_tree, launch, wait_for
 
 # The user's own encoder: an architecture MiniLM does not have (MiniLM: 384 wide, 6 layers).
 OWN = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96)
@@ -72,13 +74,16 @@ def test_missing_model_path_and_unknown_task_are_one_line_errors_before_ray(stor
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # three Ray launches; minutes each on a loaded 2-core host
-def test_the_users_own_encoder_classifies_and_a_sigkilled_run_resumes_bit_identical_refusing_changes(
+def test_multirun_of_the_users_own_encoder_classifies_and_a_sigkilled_point_resumes_bit_identical(
     storage, own_encoder, capfd
 ):
-    """The user's folder, named by model.name alone, is what trains (not MiniLM's 384 x 6 from
-    model.local_package), under the task picked by `task=classify`; a SIGKILLed run resumes
-    bit-identical; a relaunch that changes what its checkpoints trained is refused before Ray, a
-    longer trainer.max_steps is taken."""
+    """A two-point Hydra multirun (`-m`, as a user types it) of the user's folder, named by model.name
+    alone (not MiniLM's 384 x 6 from model.local_package), under the task picked by `task=classify`.
+    The points differ only in step pacing, so they train the same numbers: point 1 finishes, the
+    whole process group is SIGKILLed while point 2 runs. A relaunch of that point that changes what
+    its checkpoints trained is refused before Ray, a longer trainer.max_steps is taken. The same
+    multirun again skips point 1 (already finished), resumes point 2 from its checkpoint, and point 2
+    ends bit-identical to point 1."""
     from pipelines.finetune import KIND
     from spotrun.core.storage import open_storage
     from spotrun.jobs.finetune.resume import check_resume
@@ -86,23 +91,34 @@ def test_the_users_own_encoder_classifies_and_a_sigkilled_run_resumes_bit_identi
 
     extra = ["task=classify", "trainer.max_steps=16", "checkpoint.every_steps=4", "trainer.lr=1e-3"]
     extra.append("trainer.num_workers=1")  # what is tested is the user's model and task, not DDP
-    log = storage / "ref.txt"
-    assert run(base(storage, "ref", own_encoder, extra), log) == 0, log.read_text()[-3000:]
-    metrics = json.loads((storage / "ref" / "final" / "metrics.json").read_text())
+    single = [a for a in base(storage, "", own_encoder, extra) if not a.startswith("run.name=")]
+    multirun = ["-m", *single, "debug.step_sleep_s=0,0.5"]  # 0.5 s a step: room to kill point 2
+    # each point's run name comes from the swept key (spotrun.recovery.hydra_app.named)
+    ref, cut = (
+        storage / "finetune-tiny-debug.step_sleep_s-0",
+        storage / "finetune-tiny-debug.step_sleep_s-0.5",
+    )
+    log = storage / "log.txt"
+    proc = launch(multirun, log)
+    try:
+        wait_for(
+            lambda: any(e["kind"] == "checkpoint" for e in events(cut)),
+            proc,
+            timeout=900,  # two Ray start-ups on a loaded 2-core machine
+            what="point 2 commits",
+        )
+    finally:
+        kill_tree(proc)  # SIGKILL the multirun's whole process group, Ray's processes too
+    assert any(e["kind"] == "finish" for e in events(ref)), log.read_text()[-3000:]
+    assert not (cut / "final").exists() and not any(e["kind"] == "finish" for e in events(cut))
+    launches_before = sum(e["kind"] == "launch" for e in events(ref))
+    metrics = json.loads((ref / "final" / "metrics.json").read_text())
     assert set(metrics["after"]) == {"accuracy"} and 0 <= metrics["after"]["accuracy"] <= 1
-    config = json.loads((storage / "ref" / "final" / "config.json").read_text())
+    config = json.loads((ref / "final" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 16
     assert {k: config[k] for k in OWN} == OWN  # the user's architecture, not MiniLM's
 
-    args = base(storage, "cut", own_encoder, [*extra, "debug.step_sleep_s=0.5"])
-    proc = launch(args, storage / "cut.txt")
-    try:
-        wait_for(
-            lambda: any(e["kind"] == "checkpoint" for e in events(storage / "cut")), proc, what="a checkpoint"
-        )
-    finally:
-        kill_tree(proc)  # SIGKILL the driver and every Ray process mid-run
-    assert not (storage / "cut" / "final").exists()
+    args = [*single, f"run.name={cut.name}", "debug.step_sleep_s=0.5"]  # point 2 as one run
     for change, key in [
         ("seed=1", "seed: 0 -> 1"),
         ("trainer.batch_size=8", "trainer.batch_size: 4 -> 8"),
@@ -111,11 +127,21 @@ def test_the_users_own_encoder_classifies_and_a_sigkilled_run_resumes_bit_identi
         ("model.name=sentence-transformers/all-MiniLM-L6-v2", "model.name"),
     ]:
         line = config_error(capfd, [*args, change])
-        assert "run.name='cut'" in line and key in line, line
+        assert f"run.name='{cut.name}'" in line and key in line, line
     longer = load(KIND, [*args, "trainer.max_steps=20"])
-    assert (
-        check_resume(longer, open_storage(str(storage)), "cut") is True
-    )  # taken: a resume of these settings
-    assert run(args, storage / "cut.txt") == 0, (storage / "cut.txt").read_text()[-3000:]
-    assert "resume" in [e["kind"] for e in events(storage / "cut")]
-    assert_identical(storage / "ref", storage / "cut")
+    assert check_resume(longer, open_storage(str(storage)), cut.name) is True  # taken: same settings
+
+    proc = launch(multirun, log)  # the same command again
+    try:
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    assert f"run '{ref.name}' already finished" in log.read_text()
+    assert sum(e["kind"] == "launch" for e in events(ref)) == launches_before  # not retrained
+    resumed = [e for e in events(cut) if e["kind"] == "resume"]
+    assert resumed and resumed[0]["step"] >= 4, events(cut)  # from its checkpoint, not step 0
+    assert any(e["kind"] == "finish" for e in events(cut))
+    assert_identical(ref, cut)
+    assert not (REPO / "outputs").exists()
+    sweeps = REPO / ".spotrun" / "hydra" / "finetune-multirun"
+    assert sweeps.is_dir() and os.getcwd()  # Hydra's folder under .spotrun/, cwd unchanged
