@@ -88,7 +88,6 @@ LONGEST_FIRST = (
     "jobs/finetune/test_adapt.py",  # ~170 s
     "jobs/finetune/test_fsdp_buckets.py",  # ~160 s (after test_llm.py: it reads its DDP reference)
     "jobs/test_hydra_app.py",  # ~150 s
-    "recovery/test_lease_e2e.py",  # ~90 s
     "ops/test_runs.py",
     "ops/test_ray_auth.py",
     "jobs/finetune/test_finetune.py",

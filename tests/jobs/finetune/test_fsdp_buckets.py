@@ -3,7 +3,7 @@ run: each rank writes its own DCP shard file into the step folder (no rank gathe
 the manifest hashes them. With the storage root on the GCS server: shards staged locally, uploaded
 by the rank that wrote them, SIGKILL mid-run, a relaunch that downloads them again, bit-identical
 to the local run (storage changes no number). The storage layer is the same for every bucket
-(pyarrow.fs); S3 is exercised end to end by test_lease_e2e.py and test_storage_buckets.py."""
+(pyarrow.fs); S3 is exercised end to end by tests/core/test_storage_buckets.py."""
 
 from __future__ import annotations
 
