@@ -82,7 +82,7 @@ def _cached(folder: Path, build) -> Path:
 LONGEST_FIRST = (
     "ops/test_chaos.py",  # ~660-750 s: eleven attempts, two runs paced at 1 s a step
     "jobs/finetune/test_llm.py",  # ~430 s: the real SmolLM2, the tiny LM's DDP reference and reclaim
-    "jobs/sweep/test_sweep.py",  # ~320 s
+    "jobs/sweep/test_sweep.py",  # ~95-150 s
     "core/test_storage_buckets.py",  # ~260 s
     "jobs/embed/test_embed.py",  # ~150 s
     "jobs/finetune/test_adapt.py",  # ~170 s

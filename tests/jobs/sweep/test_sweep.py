@@ -1,12 +1,16 @@
 """`make sweep` on a real local Ray cluster: Ray Tune over the real fine-tune job, 1 worker per
-trial, 2 trials at a time (the tests run 2, so all start together); reclaimed with a real SIGKILL of a trial's worker and a whole-group SIGTERM
-(the latter on a sweep of the SFT task by eval_loss, a tiny causal LM built from a config)."""
+trial, 2 trials at a time (the test runs 2, so both start together). One sweep of the SFT task by
+eval_loss (a tiny causal LM built from a config) is reclaimed twice in two launches: a whole-group
+SIGTERM mid-sweep (exit 75), then, in the rerun, a real SIGKILL of a trial's Train worker, retried
+from its checkpoint. The tiny encoder sweep with ASHA (`experiment=tiny`) is composed and checked
+in-process."""
 
 from __future__ import annotations
 
 import csv
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -17,30 +21,9 @@ from conftest import REPO, TINY_MODEL_ARGS, events, kill_tree, launch, wait_for
 # tiny model of conftest.
 TINY = ["experiment=tiny", "data.eval_size=16", *TINY_MODEL_ARGS]
 
-
-# 15 steps: checkpoints at 5 and 10, so a reclaim always lands mid-trial. The timeout allows for
-# cores shared with other test runs (2 trials take ~1 min on 2 idle cores, several on a busy host).
+# The timeout allows for cores shared with other test runs (the reclaimed sweep's two launches take
+# ~2 min on 2 cores with little else running, several on a busy host).
 SLOW_TIMEOUT_S = 1800
-
-
-def sweep_args(root: Path, name: str, extra: list[str] = ()) -> list[str]:
-    return [
-        *TINY,
-        "trainer.max_steps=15",
-        "debug.step_sleep_s=0.2",  # the tiny model's steps are fast: keep room for a kill mid-trial
-        f"storage.root={root}",
-        f"run.name={name}",
-        f"sweep.export_dir={root}/exp",
-        *extra,
-    ]
-
-
-def run_sweep(args: list[str], log: Path, timeout: float = 900) -> int:
-    proc = launch(args, log, module="pipelines.sweep")
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        kill_tree(proc)
 
 
 def trial_dirs(run_dir: Path) -> list[Path]:
@@ -57,46 +40,21 @@ def results(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def first_checkpoint(run_dir: Path) -> dict | None:
-    """The first trial checkpoint event seen (its pid is that trial's rank-0 Train worker)."""
+def first_checkpoint(run_dir: Path, since: float = 0.0) -> dict | None:
+    """The first trial checkpoint event seen at or after `since` (its pid is that trial's rank-0
+    Train worker)."""
     for trial in trial_dirs(run_dir):
         for e in events(trial):
-            if e["kind"] == "checkpoint":
+            if e["kind"] == "checkpoint" and e["ts"] >= since:
                 return {**e, "trial": trial}
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(SLOW_TIMEOUT_S)
-def test_tiny_sweep_retries_a_killed_trial_worker_from_its_checkpoint(storage):
-    log, run_dir = storage / "log.txt", storage / "tiny"
-    # two trials, both running at once (sweep.concurrency=2): one wave of trial start-ups
-    proc = launch(sweep_args(storage, "tiny", ["sweep.num_trials=2"]), log, module="pipelines.sweep")
-    try:
-        ckpt = wait_for(lambda: first_checkpoint(run_dir), proc, timeout=600, what="a trial checkpoint")
-        os.kill(ckpt["pid"], signal.SIGKILL)  # that trial's only Train worker, mid-trial
-        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-    rows = results(run_dir)
-    assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped_early"}
-    assert all(r["loss"] for r in rows) and any(r["status"] == "finished" for r in rows)
-    killed = kinds(ckpt["trial"])  # ASHA may still stop it early after the retry: no finish needed
-    assert killed.count("start") == 1, killed
-    resumes = [e for e in events(ckpt["trial"]) if e["kind"] == "resume"]
-    assert resumes and resumes[0]["step"] >= ckpt["step"]  # retried from its checkpoint, not from 0
-    row = next(r for r in rows if r["trial"] == ckpt["trial"].name)
-    assert int(row["reclaims"]) >= 1
-    assert (run_dir / "metric.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| trial |" in (run_dir / "results.md").read_text()
-    best = (run_dir / "best_experiment.yaml").read_text()
-    assert best.startswith("# @package _global_") and "experiment: best-tiny" in best
-    assert (storage / "exp" / "best-tiny.yaml").read_text() == best
-
-
 def sft_sweep_args(root: Path, tiny_lm: Path) -> list[str]:
     """A sweep of the SFT task (the tiny causal LM, SmolLM2's tokenizer) ranked by eval_loss, mode
-    min: 12 steps, commits at 4 and 8, paced so a reclaim lands mid-trial."""
+    min: 20 steps, a commit every 4, paced so a reclaim lands mid-trial. The SIGTERM follows a
+    first commit (step 4) and reaches the trials a few steps later (up to 5 seen on a loaded host),
+    so the rerun's first commit is at step 12 at most: its worker kill leaves 8 or more steps."""
     return [
         "experiment=tiny",
         "model=smollm2",  # picks task=sft by itself
@@ -107,7 +65,7 @@ def sft_sweep_args(root: Path, tiny_lm: Path) -> list[str]:
         "data.max_length=96",  # the chat template alone takes ~30 tokens
         "data.eval_size=8",
         "trainer.batch_size=2",
-        "trainer.max_steps=12",
+        "trainer.max_steps=20",
         "checkpoint.every_steps=4",
         "debug.step_sleep_s=0.3",
         "sweep.metric=eval_loss",
@@ -122,11 +80,12 @@ def sft_sweep_args(root: Path, tiny_lm: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(SLOW_TIMEOUT_S)
-def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resumes_them(storage, tiny_lm):
+def test_sweep_survives_a_whole_group_sigterm_and_a_killed_trial_worker_in_its_rerun(storage, tiny_lm):
     """A VM shutdown mid-sweep: SIGTERM to every process (driver, Ray's daemons, the trials' Train
-    workers). Each running trial commits its step, the sweep exits 75, the rerun restores it. The
-    sweep is of the SFT task by eval_loss (mode min): it ends with results and a best experiment
-    that names the task."""
+    workers). Each running trial commits its step, the sweep exits 75, the rerun restores it. In the
+    rerun a trial's only Train worker is SIGKILLed after its first commit there: it is retried from
+    that checkpoint and counted as a reclaim. The sweep is of the SFT task by eval_loss (mode min):
+    it ends with results and a best experiment that names the task."""
     args = sft_sweep_args(storage, tiny_lm)
     log, run_dir = storage / "log.txt", storage / "reclaimed"
     proc = launch(args, log, module="pipelines.sweep")
@@ -138,13 +97,24 @@ def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resu
         kill_tree(proc)
     noticed = {t.name: [e for e in events(t) if e["kind"] == "preempted"] for t in trial_dirs(run_dir)}
     assert any(noticed.values()) and "running trials committed; exit 75" in log.read_text()
+    [pre] = [e for e in events(run_dir) if e["kind"] == "preempted"]  # the sweep's own: its trials only
+    assert 0 < pre["trials_running"] <= 2 and pre["trials_committed"] == pre["trials_running"], pre
     committed = {  # what each trial had committed when the sweep exited
         t.name: max(e["step"] for e in events(t) if e["kind"] == "checkpoint")
         for t in trial_dirs(run_dir)
         if any(e["kind"] == "checkpoint" for e in events(t))
     }
     assert committed and not (run_dir / "results.csv").exists()
-    assert run_sweep(args, log) == 0, log.read_text()[-3000:]
+
+    rerun_ts = time.time()
+    proc = launch(args, log, module="pipelines.sweep")
+    try:
+        ckpt = wait_for(lambda: first_checkpoint(run_dir, rerun_ts), proc, timeout=600, what="a rerun commit")
+        killed_ts = time.time()
+        os.kill(ckpt["pid"], signal.SIGKILL)  # that trial's only Train worker, mid-trial
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
     assert "restoring sweep" in log.read_text()
     rows = results(run_dir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}, rows
@@ -152,25 +122,43 @@ def test_whole_group_sigterm_mid_sweep_commits_running_trials_and_the_rerun_resu
     assert len(history) == 2
     for trial, seen in history.items():
         assert seen.count("finish") == 1, (trial, seen)
-    for trial, step in committed.items():  # no trial with a checkpoint started over
+
+    # The killed worker: retried from its checkpoint (not from step 0), counted as a reclaim.
+    killed = ckpt["trial"].name
+    retry = [e for e in events(ckpt["trial"]) if e["kind"] in ("start", "resume") and e["ts"] >= killed_ts]
+    assert retry and retry[0]["kind"] == "resume" and retry[0]["step"] >= ckpt["step"], (ckpt, retry)
+    assert "start" not in [e["kind"] for e in retry], retry
+    resumes = [e for e in events(ckpt["trial"]) if e["kind"] == "resume"]
+    row = next(r for r in rows if r["trial"] == killed)
+    assert int(row["reclaims"]) == len(resumes) > sum(e["ts"] < killed_ts for e in resumes), (row, resumes)
+
+    def restarts(trial: str) -> list[dict]:
+        """A trial's start and resume events, less the killed worker's retry."""
         seen = [e for e in events(run_dir / "trials" / trial) if e["kind"] in ("start", "resume")]
+        return [e for e in seen if trial != killed or e["ts"] < killed_ts]
+
+    for trial, step in committed.items():  # no trial with a checkpoint started over
+        seen = restarts(trial)
         assert [e["kind"] for e in seen].count("start") == 1, (trial, seen)
         assert seen[1]["kind"] == "resume" and seen[1]["step"] >= step, (trial, step, seen)
     assert any(p[0]["saved"] for p in noticed.values() if p)  # the trial that was training committed
     for trial, [pre] in ((t, p) for t, p in noticed.items() if p):  # nothing lost: from the notice's step
-        seen = [e for e in events(run_dir / "trials" / trial) if e["kind"] in ("start", "resume")]
+        seen = restarts(trial)
         if pre["saved"] or pre["committed"] is not None:  # its notice's commit, or one just before
             resumed = next(e for e in seen if e["kind"] == "resume")
             assert resumed["step"] == (pre["step"] if pre["saved"] else pre["committed"]), (trial, pre)
         else:  # noticed in its start-up, before a step: nothing to save or lose; it starts again
             assert pre["committed"] is None and trial not in committed, (trial, pre)
             assert [e["kind"] for e in seen] == ["start", "start"], (trial, seen)
+
     assert all(float(r["eval_loss"]) > 0 for r in rows)
     best = min(rows, key=lambda r: float(r["eval_loss"]))
     text = (run_dir / "best_experiment.yaml").read_text()
+    assert text.startswith("# @package _global_") and "experiment: best-reclaimed" in text
     assert f"Best trial {best['trial']}" in text and "SFTTask" in text  # the task travels with it
     assert (storage / "exp" / "best-reclaimed.yaml").read_text() == text
-    assert (run_dir / "metric.png").stat().st_size > 0
+    assert (run_dir / "metric.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| trial |" in (run_dir / "results.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -213,5 +201,6 @@ def test_tiny_sweep_composes_from_the_finetune_tiny_experiment():
     register()
     cfg = compose("sweep", TINY, str(REPO / "conf"))
     assert cfg.run.job == "sweep" and cfg.experiment == "tiny" and cfg.sweep.num_trials == 4
+    assert cfg.sweep.scheduler == "asha" and cfg.sweep.metric == "loss" and cfg.sweep.grace_steps == 10
     assert cfg.data.max_length == 24 and cfg.trainer.batch_size == 4  # from conf/experiment/tiny.yaml
     assert set(cfg.sweep.space.trainer) == {"lr", "warmup_steps"}

@@ -169,21 +169,22 @@ def _tuner(cfg, trainable, found, state_dir: str, run_name: str) -> tune.Tuner:
     )
 
 
-def _in_flight() -> list[str]:
-    """Run names of the trials running now (each has a notice board; this cluster is the sweep's)."""
+def _in_flight(sweep: str) -> list[str]:
+    """Run names of the trials running now: each has a notice board (this cluster is the sweep's),
+    and so does the sweep itself (the spot contract's), which is no trial."""
     prefix = board_name("")
     names = [
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE
     ]
-    return [n[len(prefix) :] for n in names if n.startswith(prefix)]
+    return [n[len(prefix) :] for n in names if n.startswith(prefix) and n != board_name(sweep)]
 
 
-def drain(trials, grace_s: float, events, notice_ts: float) -> None:
+def drain(trials, sweep: str, grace_s: float, events, notice_ts: float) -> None:
     """At a notice: post it to every running trial, wait (until just before the notice's deadline)
     until each has committed its checkpoint or finished, then exit 75 without Ray's teardown: Tune
     would take the trials that returned for finished ones, and the restored sweep must pick them up.
     A VM shutdown signals the trials' workers too, so a trial may commit before this even starts."""
-    t0, running = notice_ts - 2.0, _in_flight()
+    t0, running = notice_ts - 2.0, _in_flight(sweep)
     for name in running:
         ray.get_actor(board_name(name), namespace=NAMESPACE).post.remote("sigterm", grace_s)
 
@@ -265,7 +266,7 @@ class SweepJob:
 
 
 def _drain_in_thread(trials, attempt) -> None:
-    args = (trials, attempt.grace_s, attempt.events, attempt.notice.ts)
+    args = (trials, attempt.run_name, attempt.grace_s, attempt.events, attempt.notice.ts)
     threading.Thread(target=drain, args=args, daemon=True).start()
 
 
