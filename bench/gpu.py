@@ -627,14 +627,8 @@ def report(res: dict) -> None:
         print_table("3. FSDP2 (spotrun.jobs.finetune.fsdp), world size 1", [*head, "result"], table)
     if rows := parts.get("ddp", {}).get("rows"):
         table = [
-            [
-                r["variant"],
-                r["device"],
-                r["batch"],
-                r["steps"],
-                f"{r['step_ms']:.1f}",
-                f"{r['samples_per_s']:.0f}",
-            ]
+            [r["variant"], r["device"], r["batch"], r.get("steps", "-")]
+            + ([f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.0f}"] if "error" not in r else ["failed", "-"])
             for r in rows
         ]
         head = ["variant", "device", "batch", "steps", "ms/step", "samples/s"]
