@@ -22,8 +22,11 @@ pytestmark = pytest.mark.slow
 TOKEN = "a" * 32 + "b" * 32
 
 CLIENT = """
-import ray
+import time, ray
 ray.init(address="{addr}", log_to_driver=False)
+deadline = time.monotonic() + {wait_s}  # until {nodes} nodes are alive: one client, not one per poll
+while sum(n["Alive"] for n in ray.nodes()) < {nodes} and time.monotonic() < deadline:
+    time.sleep(0.5)
 print("NODES", sum(n["Alive"] for n in ray.nodes()))
 """
 
@@ -62,10 +65,9 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _client(addr: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", CLIENT.format(addr=addr)], env=env, capture_output=True, text=True, timeout=90
-    )
+def _client(addr: str, env: dict, nodes: int = 1, wait_s: float = 0) -> subprocess.CompletedProcess:
+    script = CLIENT.format(addr=addr, nodes=nodes, wait_s=wait_s)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90)
 
 
 def test_a_two_node_cluster_refuses_clients_without_the_token(tmp_path):
@@ -87,16 +89,16 @@ def test_a_two_node_cluster_refuses_clients_without_the_token(tmp_path):
                 break
             time.sleep(2)
         worker = _start([f"--address={addr}"], token_env, log)
-        for _ in range(30):  # the second node joins with the same token
-            ok = _client(addr, token_env)
-            if "NODES 2" in ok.stdout:
-                break
-            time.sleep(2)
+        ok = _client(addr, token_env, nodes=2, wait_s=60)  # the second node joins with the same token
         assert "NODES 2" in ok.stdout, ok.stdout + ok.stderr
-        wrong = _client(addr, _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="c" * 64))
+        # a refused client retries for Ray's whole connect window (20 s by default): 4 s is plenty here
+        refused = {"RAY_gcs_server_port_wait_time_s": "4"}
+        wrong = _client(addr, _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="c" * 64, **refused))
         assert wrong.returncode != 0 and "NODES" not in wrong.stdout
-        none = _client(addr, _env(tmp_path, RAY_AUTH_MODE="disabled"))  # sends no token at all
+        assert "token-auth" in wrong.stderr, wrong.stderr[-2000:]  # refused for its token
+        none = _client(addr, _env(tmp_path, RAY_AUTH_MODE="disabled", **refused))  # sends no token at all
         assert none.returncode != 0 and "NODES" not in none.stdout
+        assert "token-auth" in none.stderr, none.stderr[-2000:]
     finally:
         for proc in (worker, head):
             if proc is not None:
