@@ -48,13 +48,17 @@ def test_other_start_errors_are_not_retried(monkeypatch):
 
 @pytest.mark.slow
 def test_a_stopped_local_cluster_leaves_no_process_behind(monkeypatch):
-    """The raylet's agents (dashboard, runtime env) outlive a SIGKILLed raylet; shutdown kills them."""
+    """The raylet's agents (dashboard, runtime env) outlive a SIGKILLed raylet; shutdown kills them.
+    The head starts no autoscaler monitor and no dashboard API server (no spotrun run uses them)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     runtime.init_ray()
     try:
         ours = runtime._ray_processes()
         names = " ".join(" ".join(p.cmdline()[:2]) for p in ours)
         assert "raylet" in names and "gcs_server" in names and "ray::DashboardAgent" in names, names
+        # a bare head: neither the autoscaler's monitor nor the dashboard's API server is started
+        full = " ".join(" ".join(p.cmdline()) for p in ours)
+        assert "autoscaler/_private/monitor.py" not in full and "dashboard/dashboard.py" not in full, full
     finally:
         runtime.shutdown_ray()
     gone, alive = psutil.wait_procs(ours, timeout=10)
