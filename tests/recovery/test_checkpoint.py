@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import threading
 import time
 import uuid
 
@@ -12,6 +14,7 @@ import torch
 
 from spotrun.core.storage import open_storage
 from spotrun.recovery.checkpoint import (
+    WRITER_NICE,
     AsyncCheckpointer,
     CheckpointStore,
     CorruptCheckpoint,
@@ -108,6 +111,9 @@ def test_async_checkpointer_snapshots_then_writes(store):
         assert ck.save(step, {"model": {"w": w}}, {"state.json": {"step": step}}) >= 0
         w.fill_(-1)  # mutating after save() must not change what gets written
         ck.wait()
+    # the writer runs at the lowest CPU priority, the caller (the training loop) keeps its own
+    assert os.getpriority(os.PRIO_PROCESS, ck._thread.native_id) == WRITER_NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < WRITER_NICE
     ck.close()
     assert [c["step"] for c in committed] == [1, 2, 3] and store.committed_steps() == [2, 3]
     step, files = store.load_latest()

@@ -198,6 +198,20 @@ def bytes_to_tensors(data: bytes) -> dict[str, torch.Tensor]:
     return st_load(data)
 
 
+WRITER_NICE = 19  # the writer thread's nice value: the lowest CPU priority
+
+
+def _yield_cpu() -> None:
+    """Give this thread alone the lowest CPU priority (on Linux each thread has its own nice value).
+    On a host whose cores the ranks keep busy (a CPU run), the write then takes the time the loop
+    leaves idle, such as its all-reduce waits, instead of slowing one rank and through it every
+    rank's step. A notice's last write runs while the loop waits for it, so it is not held back."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+    except (AttributeError, OSError) as e:  # not Linux: the writer keeps the process's priority
+        log.debug("checkpoint writer keeps its priority: %s", e)
+
+
 class AsyncCheckpointer:
     """Blocks the training loop only for a copy into reused buffers; a background thread writes.
 
@@ -275,6 +289,7 @@ class AsyncCheckpointer:
         return blocked
 
     def _run(self) -> None:
+        _yield_cpu()
         while True:
             with self._cv:
                 while self._pending is None:

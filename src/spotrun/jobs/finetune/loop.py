@@ -175,8 +175,10 @@ def _announce(w: Worker, resumed: int | None) -> None:
         w.events.emit("resume", step=resumed, world_size=w.world, data_epoch=w.pos.epoch, offset=w.pos.offset)
 
 
-def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, loss: float) -> None:
-    """Score the trained model and write final/ (metrics.json last) on rank 0."""
+def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, timing: tuple, loss: float) -> None:
+    """Score the trained model and write final/ (metrics.json last) on rank 0. `timing`: the loop's
+    seconds, and of those the wait at its end for the last checkpoint write."""
+    loop_s, wait_s = timing
     final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
     if w.rank == 0 or w.task.sharded:  # FSDP: evaluating and gathering the weights take every rank
         after = w.evaluate()
@@ -188,6 +190,7 @@ def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float,
             step=w.step,
             steps_run=steps_run,
             loop_s=round(loop_s, 3),
+            final_wait_s=round(wait_s, 3),
             **{f"before_{k}": metrics["before"].get(k) for k in after},
             **{f"after_{k}": v for k, v in after.items()},
         )
@@ -318,5 +321,7 @@ def _train(w: Worker, job: dict, log: RunLogger, poller, marks: dict, saved_step
             saved_step, last_ckpt = w.step, time.monotonic()
             if job.get("report_checkpoints"):  # a sweep's scheduler ranks trials by these
                 w.report({"step": w.step, "loss": loss, "preempted": 0})
-    w.ckpt.wait()
-    _finish(w, job, log, w.step - first_step, time.perf_counter() - loop_t0, loss)
+    waited = time.perf_counter()
+    w.ckpt.wait()  # the newest checkpoint durable before final/ (its write may still be running)
+    waited = time.perf_counter() - waited
+    _finish(w, job, log, w.step - first_step, (time.perf_counter() - loop_t0, waited), loss)
