@@ -4,29 +4,33 @@
 
 What is measured: the same model (all-MiniLM-L6-v2), data (conf/data train split), sampler
 (ExactSampler), tokenisation, contrastive loss, AdamW + linear warmup, grad clipping, batch size,
-sequence length and worker count, trained for --steps steps two ways:
+sequence length and worker count, trained for --steps steps three ways:
 
-  plain    torch.multiprocessing + gloo DDP, one torch thread per process, no Ray, no checkpoints.
+  plain    torch.multiprocessing + gloo DDP, one torch thread per process, no Ray, no checkpoints
+           (bench/plain_loop.py).
+  ray      the same loop in a bare Ray Train TorchTrainer, as any Ray Train script runs it: what Ray
+           Train itself costs a step, which spotrun (built on it) cannot go below.
   spotrun  the real `python -m pipelines.finetune` on Ray Train, checkpointing every
            --every-steps steps (50, the default cadence of conf/checkpoint/default.yaml; 105 steps
            put two checkpoints inside the loop, at 50 and 100, and leave the second's background
            write (~2 s) the steps after it to finish in, as every write has in a longer run).
 
-Batch 8 per worker (conf default: 16) keeps the run at ~3-6 min on 2 cores; a smaller step makes
-the fixed per-step costs weigh more, so the overhead read here errs on the high side.
+Batch 8 per worker (conf default: 16) keeps a side at ~2.5 min on 2 cores; a smaller step makes the
+fixed per-step costs weigh more, so the overhead read here errs on the high side.
 
-The two sides alternate (plain first, then spotrun first, ...) for --pairs pairs in one run; the
-table shows each side's median. --py-spy makes one extra, untimed spotrun run: py-spy on each Ray
-Train worker for 60 s of its loop (where the loop's samples go outside the model's own step;
-bench/results/overhead-pyspy.txt holds the collapsed stacks), and the CPU-seconds every process of the
-job used in that window (Ray's daemons and actors share the cores with the two ranks).
+The sides take turns (plain, ray, spotrun, then spotrun, ray, plain, ...) for --pairs rounds in one
+run; the table shows each side's median. --py-spy makes one extra, untimed spotrun run: py-spy on
+each Ray Train worker for 60 s of its loop (where the loop's samples go outside the model's own
+step; bench/results/overhead-pyspy.txt holds the collapsed stacks), and the CPU-seconds every
+process of the job used in that window (Ray's daemons and actors share the cores with the ranks).
 
-Both are timed the same way: wall seconds of the step loop on rank 0 (spotrun's comes from the
+All are timed the same way: wall seconds of the step loop on rank 0 (spotrun's comes from the
 "finish" event's loop_s, which includes the checkpoint snapshots, Ray reports and the final wait for
-the last write, shown on its own as well), divided by the steps run. Start-up (Ray, model load, evaluation) is not counted: see
-bench.startup. "excl. 1st" drops the first, warm-up step from both sides. Overhead is
-median spotrun / median plain - 1; the goal is <= 3 %. On a shared 2-core machine the noise between two runs can be
-a few percent: re-run before reading much into a small difference.
+the last write, shown on its own as well), divided by the steps run. Start-up (Ray, model load,
+evaluation) is not counted: see bench.startup. "excl. 1st" drops the first, warm-up step. The goal
+is median spotrun / median plain - 1 <= 3 %; spotrun against ray is spotrun's own share. On a shared
+2-core machine the noise between two runs can be a few percent: re-run before reading much into a
+small difference.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=64, help="tokens per text")
     p.add_argument("--every-steps", type=int, default=50, help="spotrun checkpoint cadence")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a side is abandoned")
-    p.add_argument("--pairs", type=int, default=5, help="plain/spotrun pairs, order alternating")
+    p.add_argument("--pairs", type=int, default=5, help="rounds of the three sides, order alternating")
     p.add_argument("--py-spy", action="store_true", help="one extra spotrun run under py-spy")
     return p.parse_args(argv)
 
@@ -90,77 +93,22 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return ["logger=none", *shape, f"checkpoint.every_steps={args.every_steps}", "data.eval_size=64"]
 
 
-# ----- plain DDP -----
-def _plain_setup(rank: int, world: int, cfg):
-    """What spotrun's Worker builds, minus Ray: (ddp model, model, tokenizer, queries, docs, opt, sched)."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    from spotrun.jobs.finetune.data import load_pairs
-    from spotrun.jobs.finetune.models import load_encoder, resolve_model_path
-
-    t = cfg.trainer
-    torch.manual_seed(cfg.seed + rank)
-    model, tok = load_encoder(resolve_model_path(cfg.model))
-    queries, docs = load_pairs(cfg.data, str(REPO), "train")
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    ddp.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
-    return ddp, model, tok, queries, docs, opt, sched
-
-
-def _plain_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
-    import torch
-    import torch.distributed as dist
-    from omegaconf import OmegaConf
-
-    from spotrun.jobs.finetune.data import ExactSampler, Position
-    from spotrun.jobs.finetune.models import contrastive_loss, embed
-
-    cfg = OmegaConf.create(cfg_dict)
-    t, L, pooling = cfg.trainer, cfg.data.max_length, cfg.model.pooling
-    torch.set_num_threads(t.threads_per_worker)
-    # As in spotrun's Ray workers: no tokenizer thread pool competing with the ranks for the cores.
-    os.environ.update(TOKENIZERS_PARALLELISM="false", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    ddp, model, tok, queries, docs, opt, sched = _plain_setup(rank, world, cfg)
-    sampler, pos = ExactSampler(len(queries), t.batch_size, cfg.seed), Position()
-    batch = lambda texts: tok(texts, padding="max_length", truncation=True, max_length=L, return_tensors="pt")  # noqa: E731
-    dist.barrier()
-    loop_t0, first_s = time.perf_counter(), None
-    for i in range(t.max_steps):
-        ids, pos = sampler.step(pos, rank, world)
-        q = embed(ddp, batch([queries[j] for j in ids]), pooling)
-        d = embed(ddp, batch([docs[j] for j in ids]), pooling)
-        loss = contrastive_loss(q, d, cfg.model.scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        sched.step()
-        if i == 0:
-            first_s = time.perf_counter() - loop_t0
-    loop_s = time.perf_counter() - loop_t0
-    if rank == 0:
-        Path(out).write_text(f"{loop_s} {first_s}")
-    dist.destroy_process_group()
-
-
-def run_plain(args: argparse.Namespace, workdir: str) -> dict:
-    """Train with plain torch DDP; returns the loop timing of rank 0."""
-    import torch.multiprocessing as mp
-    from omegaconf import OmegaConf
-
-    from spotrun.core.config import compose
-
-    cfg = compose("finetune", overrides(args), conf_dir=str(REPO / "conf"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = os.path.join(workdir, "plain.txt")
-    mp.spawn(_plain_worker, (args.workers, port, OmegaConf.to_container(cfg), out), nprocs=args.workers)
+# ----- the yardsticks: plain DDP, bare Ray Train (bench/plain_loop.py) -----
+def run_yardstick(side: str, args: argparse.Namespace, workdir: str) -> dict:
+    """`python -m bench.plain_loop SIDE`: the same loop without spotrun; rank 0's loop timing."""
+    out, log = os.path.join(workdir, f"{side}.txt"), os.path.join(workdir, f"{side}.log")
+    cmd = [sys.executable, "-m", "bench.plain_loop", side, out, *overrides(args)]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=args.timeout)
+        finally:  # abandoned: its Ray (the ray side) goes with it
+            if proc.poll() is None:
+                kill_tree(proc)
+    if proc.returncode != 0 or not os.path.exists(out):
+        raise SystemExit(f"{side} exited {proc.returncode}. Log tail:\n{Path(log).read_text()[-3000:]}")
     loop_s, first_s = map(float, Path(out).read_text().split())
+    os.remove(out)
     return per_step(loop_s, first_s, args.steps)
 
 
@@ -301,54 +249,72 @@ def medians(sides: list[dict]) -> dict:
     return {**sides[-1], **out, "load_1m": [min(loads), max(loads)], "runs": [s["s_per_step"] for s in sides]}
 
 
-def report(args: argparse.Namespace, plain: dict, spot: dict) -> dict:
+def report(args: argparse.Namespace, med: dict[str, dict]) -> dict:
+    plain, ray, spot = med["plain"], med["ray"], med["spotrun"]
     over, rest = overhead_pct(plain, spot, "s_per_step"), overhead_pct(plain, spot, "s_per_step_excl_first")
     met = over <= GOAL_PCT
-    pair = lambda key, spec=".3f": [fmt(plain[key], spec), fmt(spot[key], spec)]  # noqa: E731
+    ray_over, own = overhead_pct(plain, ray, "s_per_step"), overhead_pct(ray, spot, "s_per_step")
+    sides = lambda key, spec=".3f": [fmt(med[k][key], spec) for k in SIDES]  # noqa: E731
+    pct = lambda x: fmt(x, "+.1f") + " %"  # noqa: E731
     goal = f"<= {GOAL_PCT:g} %: {'met' if met else 'NOT met'}"
     rows = [
-        ["s/step", *pair("s_per_step"), fmt(over, "+.1f") + " %", goal],
-        ["s/step excl. 1st", *pair("s_per_step_excl_first"), fmt(rest, "+.1f") + " %", ""],
-        ["loop s", *pair("loop_s", ".1f"), "", ""],
-        ["s/step of each run", *(" ".join(f"{x:.3f}" for x in r["runs"]) for r in (plain, spot)), "", ""],
-        ["load avg 1m (before, after)", *(", ".join(map(str, r["load_1m"])) for r in (plain, spot)), "", ""],
+        ["s/step", *sides("s_per_step"), pct(over), goal, pct(ray_over), pct(own)],
+        ["s/step excl. 1st", *sides("s_per_step_excl_first"), pct(rest), "", "", ""],
+        ["loop s", *sides("loop_s", ".1f"), "", "", "", ""],
+        [
+            "s/step of each run",
+            *(" ".join(f"{x:.3f}" for x in med[k]["runs"]) for k in SIDES),
+            "",
+            "",
+            "",
+            "",
+        ],
+        ["load avg 1m", *(", ".join(map(str, med[k]["load_1m"])) for k in SIDES), "", "", "", ""],
     ]
     shape = f"{args.steps} steps, {args.workers} workers, batch {args.batch_size}/worker, length {args.max_length}"
-    print_table(
-        f"Per-step overhead, medians of {args.pairs} pairs: {shape}",
-        ["", "plain DDP", "spotrun", "overhead", "goal"],
-        rows,
-    )
+    heads = ["", "plain DDP", "bare Ray Train", "spotrun", "spotrun vs plain", "goal"]
+    heads += ["Ray Train vs plain", "spotrun vs Ray Train"]
+    print_table(f"Per-step overhead, medians of {args.pairs} rounds: {shape}", heads, rows)
     mb = spot["checkpoint_bytes"] / 1e6 if spot["checkpoint_bytes"] else None
     row = [spot["checkpoints"], fmt(spot["blocked_s_mean"], ".4f"), fmt(spot["write_s_mean"]), fmt(mb, ".1f")]
     row.append(fmt(spot["final_wait_s"]))
     headers = ["checkpoints", "blocked_s mean (in loop)", "write_s mean (background)", "MB each"]
     headers.append("final wait s (in loop_s)")
     print_table(f"spotrun checkpoints (every {args.every_steps} steps)", headers, [row])
-    print(busy_note(plain["load_1m"] + spot["load_1m"]))
-    return {"overhead_pct": over, "overhead_pct_excl_first": rest, "goal_pct": GOAL_PCT, "goal_met": met}
+    print(busy_note([x for k in SIDES for x in med[k]["load_1m"]]))
+    return {
+        "overhead_pct": over,
+        "overhead_pct_excl_first": rest,
+        "goal_pct": GOAL_PCT,
+        "goal_met": met,
+        "ray_train_vs_plain_pct": ray_over,
+        "spotrun_vs_ray_train_pct": own,
+    }
+
+
+SIDES = ("plain", "ray", "spotrun")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir, plains, spots = tempfile.mkdtemp(prefix="spotrun-bench-overhead-"), [], []
+    workdir, runs = tempfile.mkdtemp(prefix="spotrun-bench-overhead-"), {k: [] for k in SIDES}
     spy = str(RESULTS / "overhead-pyspy.txt") if args.py_spy else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(args.pairs):
-            for side in ("plain", "spotrun") if i % 2 == 0 else ("spotrun", "plain"):
-                print(f"pair {i + 1}/{args.pairs}: {side}, {args.steps} steps ...", flush=True)
-                if side == "plain":
-                    plains.append(timed(run_plain, args, workdir))
+            for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+                print(f"round {i + 1}/{args.pairs}: {side}, {args.steps} steps ...", flush=True)
+                if side == "spotrun":
+                    runs[side].append(timed(run_spotrun, args, workdir))
                 else:
-                    spots.append(timed(run_spotrun, args, workdir))
+                    runs[side].append(timed(run_yardstick, side, args, workdir))
         if spy:  # one more spotrun run under py-spy, left out of the timings (sampling slows it)
             print("py-spy: one more spotrun run, profiled, not timed ...", flush=True)
             cpu = run_spotrun(args, workdir, spy)["cpu_s_by_process"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    plain, spot = medians(plains), medians(spots)
-    summary = report(args, plain, spot)
+    med = {k: medians(v) for k, v in runs.items()}
+    summary = report(args, med)
     if spy:
         summary["py_spy_loop_shares"] = prof = loop_profile(spy)
         rows = [[k, fmt(v and 100 * v, ".1f") + " %"] for k, v in prof.items() if k != "samples"]
@@ -363,13 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             ["process", "CPU s", "share"],
             rows,
         )
-    data = {
-        "settings": vars(args),
-        "plain": plain,
-        "spotrun": spot,
-        "plain_runs": plains,
-        "spotrun_runs": spots,
-    }
+    data = {"settings": vars(args), **med, **{f"{k}_runs": v for k, v in runs.items()}}
     path = write_results("overhead", {**data, **summary})
     print(f"\nwrote {path.relative_to(REPO)}")
     return 0

@@ -15,7 +15,7 @@ import torch.distributed as dist
 # transformer's buffers (position ids) never change. The tasks call the model twice a step (queries,
 # then documents); with torch's default the second call's broadcast rewrites in place the position ids
 # the first saved for backward, and backward fails on NCCL ("modified by an inplace operation":
-# bench/gpu.py on an H200, torch 2.11's equivalent `broadcast_buffers=False` fixed it).
+# bench/gpu (python -m bench.gpu) on an H200, torch 2.11's equivalent `broadcast_buffers=False` fixed it).
 DDP_OPTIONS = {"forward_sync_buffers": False}
 
 
