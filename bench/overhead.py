@@ -277,9 +277,9 @@ def report(args: argparse.Namespace, med: dict[str, dict]) -> dict:
     print_table(f"Per-step overhead, medians of {args.pairs} rounds: {shape}", heads, rows)
     mb = spot["checkpoint_bytes"] / 1e6 if spot["checkpoint_bytes"] else None
     row = [spot["checkpoints"], fmt(spot["blocked_s_mean"], ".4f"), fmt(spot["write_s_mean"]), fmt(mb, ".1f")]
-    row.append(fmt(spot["final_wait_s"]))
+    row += [fmt(spot["final_wait_s"])]
     headers = ["checkpoints", "blocked_s mean (in loop)", "write_s mean (background)", "MB each"]
-    headers.append("final wait s (in loop_s)")
+    headers += ["final wait s (in loop_s)"]
     print_table(f"spotrun checkpoints (every {args.every_steps} steps)", headers, [row])
     print(busy_note([x for k in SIDES for x in med[k]["load_1m"]]))
     return {

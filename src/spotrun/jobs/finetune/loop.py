@@ -175,10 +175,11 @@ def _announce(w: Worker, resumed: int | None) -> None:
         w.events.emit("resume", step=resumed, world_size=w.world, data_epoch=w.pos.epoch, offset=w.pos.offset)
 
 
-def _finish(w: Worker, job: dict, log: RunLogger, steps_run: int, timing: tuple, loss: float) -> None:
-    """Score the trained model and write final/ (metrics.json last) on rank 0. `timing`: the loop's
-    seconds, and of those the wait at its end for the last checkpoint write."""
-    loop_s, wait_s = timing
+def _finish(
+    w: Worker, job: dict, log: RunLogger, steps_run: int, loop_s: float, wait_s: float, loss: float
+) -> None:
+    """Score the trained model and write final/ (metrics.json last) on rank 0. `wait_s`: the part of
+    `loop_s` spent at its end waiting for the last checkpoint write."""
     final = {"loss": loss}  # the last report carries the metrics a sweep ranks trials by
     if w.rank == 0 or w.task.sharded:  # FSDP: evaluating and gathering the weights take every rank
         after = w.evaluate()
@@ -321,7 +322,7 @@ def _train(w: Worker, job: dict, log: RunLogger, poller, marks: dict, saved_step
             saved_step, last_ckpt = w.step, time.monotonic()
             if job.get("report_checkpoints"):  # a sweep's scheduler ranks trials by these
                 w.report({"step": w.step, "loss": loss, "preempted": 0})
-    waited = time.perf_counter()
+    wait_t0 = time.perf_counter()
     w.ckpt.wait()  # the newest checkpoint durable before final/ (its write may still be running)
-    waited = time.perf_counter() - waited
-    _finish(w, job, log, w.step - first_step, (time.perf_counter() - loop_t0, waited), loss)
+    end = time.perf_counter()
+    _finish(w, job, log, w.step - first_step, end - loop_t0, end - wait_t0, loss)
