@@ -2,8 +2,8 @@
 trial, 2 trials at a time (the test runs 2, so both start together). One sweep of the SFT task by
 eval_loss (a tiny causal LM built from a config) is reclaimed twice in two launches: a whole-group
 SIGTERM mid-sweep (exit 75), then, in the rerun, a real SIGKILL of a trial's Train worker, retried
-from its checkpoint. The tiny encoder sweep with ASHA (`experiment=tiny`) is composed and checked
-in-process."""
+from its checkpoint. The encoder sweep with ASHA (`make sweep`'s own kind) runs too: ASHA stops its
+worse trial early. The tiny encoder sweep (`experiment=tiny`) is composed and checked in-process."""
 
 from __future__ import annotations
 
@@ -159,6 +159,36 @@ def test_sweep_survives_a_whole_group_sigterm_and_a_killed_trial_worker_in_its_r
     assert (storage / "exp" / "best-reclaimed.yaml").read_text() == text
     assert (run_dir / "metric.png").read_bytes()[:4] == b"\x89PNG"
     assert "| trial |" in (run_dir / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SLOW_TIMEOUT_S)
+def test_asha_stops_the_worse_trial_of_the_encoder_sweep_early(storage):
+    """`make sweep`'s own kind: the encoder sweep, ranked by loss, with ASHA. One trial at a time
+    and a grid over lr only, so the order is fixed: a trial that learns (lr 1e-3), then one that
+    does not (lr 1e-9, the same batches and start). ASHA compares the second with the first at its
+    rungs (steps 5 and 10) and stops it there; the first runs to the end and is the best."""
+    args = [*TINY, "~sweep.space.model", "~sweep.space.trainer.warmup_steps", "~sweep.space.trainer.lr"]
+    args += ["+sweep.space.trainer.lr.grid=[0.001,1e-9]", "sweep.num_trials=1", "sweep.concurrency=1"]
+    args += ["sweep.grace_steps=5", f"storage.root={storage}", "run.name=asha"]
+    args += [f"sweep.export_dir={storage}/exp"]
+    log, run_dir = storage / "log.txt", storage / "asha"
+    proc = launch(args, log, module="pipelines.sweep")
+    try:
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    learns, frozen = sorted(results(run_dir), key=lambda r: -float(r["trainer.lr"]))
+    assert float(learns["trainer.lr"]) == 0.001 and float(frozen["trainer.lr"]) == 1e-9
+    assert learns["status"] == "finished" and int(learns["step"]) == 20, learns
+    assert frozen["status"] == "stopped_early" and int(frozen["step"]) in (5, 10), frozen
+    assert float(frozen["loss"]) > float(learns["loss"])
+    stopped = run_dir / "trials" / frozen["trial"]
+    steps = [e["step"] for e in events(stopped) if e["kind"] == "checkpoint"]
+    # stopped, not finished: a few more steps may run while Tune ends the trial's actors
+    assert steps and max(steps) < 20 and "finish" not in kinds(stopped), steps
+    text = (run_dir / "best_experiment.yaml").read_text()
+    assert f"Best trial {learns['trial']}" in text and "lr: 0.001" in text
 
 
 @pytest.mark.parametrize(
