@@ -21,8 +21,9 @@ fixed per-step costs weigh more, so the overhead read here errs on the high side
 The sides take turns (plain, ray, spotrun, then spotrun, ray, plain, ...) for --pairs rounds in one
 run; the table shows each side's median. --py-spy makes one extra, untimed spotrun run: py-spy on
 each Ray Train worker for 60 s of its loop (where the loop's samples go outside the model's own
-step; bench/results/overhead-pyspy.txt holds the collapsed stacks), and the CPU-seconds every
-process of the job used in that window (Ray's daemons and actors share the cores with the ranks).
+step; bench/results/overhead-pyspy.txt holds the collapsed stacks), and the CPU-seconds and
+main-thread wake-ups a second of every process of the job in that window (Ray's daemons and actors
+share the cores with the ranks): bench/overhead_profile.py.
 
 All are timed the same way: wall seconds of the step loop on rank 0 (spotrun's comes from the
 "finish" event's loop_s, which includes the checkpoint snapshots, Ray reports and the final wait for
@@ -37,39 +38,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
-
 from bench.common import REPO, RESULTS, busy_note, fmt, print_table, read_events, unique_name, write_results
+from bench.overhead_profile import loop_profile, print_profile, profile_loop
 from spotrun.core.paths import scratch_dir
 from spotrun.core.storage import open_storage
 from spotrun.ops.chaos import kill_tree
 
 GOAL_PCT = 3.0
-# where the loop's time goes besides the step itself (bench --py-spy): spotrun functions, as py-spy
-# names their frames ("Class.method")
-LOOP_PARTS = {  # name: (function, file it is in)
-    "train_step": ("Worker.train_step", "finetune/loop.py"),
-    "noticed": ("noticed", "finetune/stop.py"),
-    "stale": ("stale", "finetune/stop.py"),
-    "agree (all-reduce)": ("agree", "finetune/stop.py"),
-    "heartbeat": ("Heartbeat.beat", "recovery/pacing.py"),
-    "log.step": ("RunLogger.step", "finetune/logger.py"),
-    "save (snapshot)": ("Worker.save", "finetune/loop.py"),
-    "report (Ray Train)": ("Worker.report", "finetune/loop.py"),
-    "_pacing": ("_pacing", "finetune/loop.py"),
-}
-# besides the loop, on the same cores: the checkpoint writer thread of the Train workers
-WRITER = ("AsyncCheckpointer._run", "recovery/checkpoint.py")
-IDLE = ("Condition.wait", "Event.wait")  # the writer waiting for work: py-spy may still sample it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,7 +99,7 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     """Run the real pipeline; returns its loop timing and checkpoint costs from events.jsonl."""
     name, root, log = unique_name("bench-overhead"), f"{workdir}/runs", f"{workdir}/spotrun.log"
     cmd = [sys.executable, "-m", "pipelines.finetune", f"run.name={name}", f"storage.root={root}"]
-    cpu: dict[str, float] = {}
+    cpu: dict[str, dict] = {}
     try:
         with open(log, "w") as f:
             run = subprocess.Popen(cmd + overrides(args), cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
@@ -139,7 +121,7 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     ckpts = [e for e in events if e["kind"] == "checkpoint"]
     mean = lambda k: sum(e[k] for e in ckpts) / len(ckpts) if ckpts else None  # noqa: E731
     return per_step(finish["loop_s"], first.get("step_s"), finish["steps_run"]) | {
-        "cpu_s_by_process": cpu,
+        "by_process": cpu,
         "checkpoints": len(ckpts),
         "blocked_s_mean": mean("blocked_s"),
         "write_s_mean": mean("write_s"),
@@ -149,86 +131,10 @@ def run_spotrun(args: argparse.Namespace, workdir: str, profile: str | None = No
     }
 
 
-PROFILE_S = 60.0  # of the loop, from 5 s after its first step (105 steps take ~150 s)
-
-
-def profile_loop(proc: subprocess.Popen, root: str, name: str, out: str) -> dict[str, float]:
-    """While the loop runs: py-spy on each Ray Train worker (collapsed stacks into `out`) and the
-    CPU-seconds every process of the job used in the same window (Ray's daemons and actors too)."""
-    deadline = time.time() + 600
-    while not any(e["kind"] == "first_step" for e in read_events(root, name)):
-        if proc.poll() is not None or time.time() > deadline:
-            return {}
-        time.sleep(1)
-    time.sleep(5)
-    procs = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
-    names = {p.pid: _process_name(p) for p in procs}
-    before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    parts = [f"{out}.{p.pid}" for p in procs if names[p.pid] == "ray::RayTrainWorker"]
-    spies = [
-        subprocess.Popen(
-            [py_spy, "record", "-p", part.rsplit(".", 1)[1], "-d", str(int(PROFILE_S)), "-r", "50"]
-            + ["-f", "raw", "-o", part, "--nonblocking"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for part in parts
-    ]
-    time.sleep(PROFILE_S)
-    cpu: dict[str, float] = {}
-    for p in procs:
-        try:
-            used = sum(p.cpu_times()[:2]) - before[p.pid]
-        except psutil.Error:
-            continue
-        cpu[names[p.pid]] = round(cpu.get(names[p.pid], 0.0) + used, 2)
-    for spy in spies:
-        spy.wait(timeout=60)
-    with open(out, "w") as f:  # every worker's stacks in one file
-        for part in parts:
-            if os.path.exists(part):
-                f.write(Path(part).read_text(errors="replace"))
-                os.remove(part)
-    return dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
-
-
-def _process_name(p) -> str:
-    """`ray::Actor`, the Ray daemon's or script's file name, or `driver`."""
-    try:
-        argv = p.cmdline()
-    except psutil.Error:
-        return "?"
-    if argv and argv[0].startswith("ray::"):
-        return argv[0].split()[0]
-    script = next((a for a in argv[1:3] if a.endswith(".py")), argv[0] if argv else "?")
-    return "driver" if "pipelines.finetune" in argv else os.path.basename(script)
-
-
 def per_step(loop_s: float, first_s: float | None, steps: int) -> dict:
     rest = (loop_s - first_s) / (steps - 1) if first_s is not None and steps > 1 else None
     out = {"loop_s": loop_s, "steps": steps, "s_per_step": loop_s / steps}
     return out | {"first_step_s": first_s, "s_per_step_excl_first": rest}
-
-
-def loop_profile(path: str) -> dict:
-    """Shares of the samples inside train_loop (all ranks) that fall in each loop part."""
-    total, parts, writer = 0, dict.fromkeys(LOOP_PARTS, 0), 0
-    frame = lambda fn, file: rf";{re.escape(fn)} \([^)]*{re.escape(file)}"  # noqa: E731
-    for line in Path(path).read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        if re.search(frame(*WRITER), stack) and not stack.rpartition(";")[2].startswith(IDLE):
-            writer += int(count)
-        if not re.search(frame("train_loop", "finetune/loop.py"), stack):
-            continue
-        total += int(count)
-        for part, (fn, file) in LOOP_PARTS.items():
-            if re.search(frame(fn, file), stack):
-                parts[part] += int(count)
-    parts["checkpoint writer thread (vs loop)"] = writer
-    return {"samples": total, **{k: round(v / total, 4) if total else None for k, v in parts.items()}}
 
 
 def timed(fn, *a) -> dict:
@@ -310,25 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                     runs[side].append(timed(run_yardstick, side, args, workdir))
         if spy:  # one more spotrun run under py-spy, left out of the timings (sampling slows it)
             print("py-spy: one more spotrun run, profiled, not timed ...", flush=True)
-            cpu = run_spotrun(args, workdir, spy)["cpu_s_by_process"]
+            cpu = run_spotrun(args, workdir, spy)["by_process"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     med = {k: medians(v) for k, v in runs.items()}
     summary = report(args, med)
     if spy:
         summary["py_spy_loop_shares"] = prof = loop_profile(spy)
-        rows = [[k, fmt(v and 100 * v, ".1f") + " %"] for k, v in prof.items() if k != "samples"]
-        print_table(
-            f"py-spy: share of {prof['samples']} train_loop samples (all ranks)", ["part", "share"], rows
-        )
-        summary["cpu_s_by_process"] = cpu
-        total = sum(cpu.values()) or 1.0
-        rows = [[k, f"{v:.2f}", f"{100 * v / total:.1f} %"] for k, v in cpu.items()]
-        print_table(
-            f"CPU-seconds of each process in {PROFILE_S:.0f} s of the loop",
-            ["process", "CPU s", "share"],
-            rows,
-        )
+        summary["by_process"] = cpu
+        print_profile(prof, cpu)
     data = {"settings": vars(args), **med, **{f"{k}_runs": v for k, v in runs.items()}}
     path = write_results("overhead", {**data, **summary})
     print(f"\nwrote {path.relative_to(REPO)}")
