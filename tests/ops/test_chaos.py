@@ -85,8 +85,12 @@ def test_every_kind_of_reclaim_in_one_run_loses_nothing_then_the_run_moves_to_on
     for notice in (mid_write, mid_run, metadata):  # each notice ended in a durable checkpoint
         assert notice["saved"] is True and notice["step"] > 0, notice
     log = (storage / "log.txt").read_text()
-    # the start-up notice came while Ray was starting: recorded, and the attempt exited at once
-    assert "preempted during start-up; nothing new to save; newest commit: none yet; exit 75" in log
+    # the start-up notice, 1-2 s after the attempt's `launch`: Ray now starts in ~1.5 s, so it lands
+    # either while Ray starts (the driver says "preempted during start-up; ...") or just after the
+    # hand-over to Ray Train (the loop stops before its first step: "preempted; ..."). Either way
+    # nothing was new and it exits 75; the driver's start-up path alone, deterministically:
+    # tests/recovery/test_startup_notice.py.
+    assert "; nothing new to save; newest commit: none yet; exit 75" in log
     assert f"preempted; checkpoint at step {mid_write['step']} committed; exit 75" in log
     resumes = [e for e in ev if e["kind"] == "resume"]
     assert resumes[0]["step"] == mid_write["step"]  # the relaunch starts from the notice's commit
