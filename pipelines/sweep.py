@@ -6,7 +6,6 @@
 Exit codes: 0 finished, 1 failed, 2 bad input (nothing started), 75 preempted (relaunch me).
 """
 
-import sys
 import time
 
 STARTED = time.time()  # the attempt's start: the report counts start-up from here
@@ -26,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    hydra_app.exit(main())

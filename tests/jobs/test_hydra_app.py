@@ -107,3 +107,17 @@ def test_multirun_point_names():
     long = named([f"model.name={'x' * 300}"], {"model.name"}, "ft")[-1]
     assert len(long.split("=", 1)[1]) <= 128
     assert named(["run.name=a", "seed=1"], {"run.name"}, "ft") == ["run.name=a", "seed=1"]
+
+
+def test_the_exit_freezes_the_heap_and_runs_what_a_normal_exit_runs(tmp_path):
+    """`python -m pipelines.<job>` ends through `hydra_app.exit`: its code, its atexit handlers, and a
+    frozen heap (Python's last collection at exit skips it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, gc; from spotrun.recovery import hydra_app; "
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True)); hydra_app.exit(75)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 75 and r.stdout.strip() == "frozen True", (r.returncode, r.stdout, r.stderr)

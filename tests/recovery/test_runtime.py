@@ -63,3 +63,20 @@ def test_a_stopped_local_cluster_leaves_no_process_behind(monkeypatch):
         runtime.shutdown_ray()
     gone, alive = psutil.wait_procs(ours, timeout=10)
     assert not alive, [" ".join(p.cmdline()[:2]) for p in alive]
+
+
+def test_the_worker_setup_hook_imports_the_standard_library_only():
+    """Ray runs the hook first in every worker process of a run, Train's controller and helper actors
+    too: it must not import spotrun's config, Ray, psutil or omegaconf into each of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spotrun.recovery.worker_setup import quiet_logs; quiet_logs(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('ray', 'psutil', 'omegaconf', 'tenacity', 'pyarrow', 'torch') or m.startswith('spotrun.core')))"
+    )
+    # the hook ray.init is given (its runtime_env) is this one
+    assert "spotrun.recovery.worker_setup.quiet_logs" in runtime._connect.__code__.co_consts
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)

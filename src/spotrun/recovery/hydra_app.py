@@ -14,6 +14,7 @@ command finds each point's checkpoints again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 import sys
@@ -53,6 +54,15 @@ def main(kind: contract.JobKind, argv: list[str] | None, work: Callable[[list[st
     codes: list[int] = []
     task = _task(work, swept, codes)
     return _hydra(kind, task, [*_flags(argv, args.overrides), *overrides], codes)
+
+
+def exit(code: int) -> None:
+    """End the pipeline's process with `code`. Its heap (torch, transformers, Ray, Hydra: millions of
+    objects) is frozen first, so Python's last garbage collection at exit skips it: ~2 s of a 2-core
+    machine at the end of every attempt (py-spy: `gc_collect_main` after `main` returned). Everything
+    else of a normal exit still runs (atexit handlers, joining threads, flushing)."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def _checked(kind: contract.JobKind, args) -> list[str]:

@@ -143,7 +143,7 @@ def _connect(address: str, local: dict) -> None:
                 # notices reach spotrun as SIGTERM and cloud metadata (spotrun.recovery.notices)
                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
             },
-            "worker_process_setup_hook": "spotrun.recovery.runtime.quiet_worker_logs",
+            "worker_process_setup_hook": "spotrun.recovery.worker_setup.quiet_logs",
         },
     )
 
@@ -161,13 +161,6 @@ def shutdown_ray() -> None:
     # the raylet's agents (dashboard, runtime env) outlive a killed raylet: a multirun or a sweep
     # would pile them up, one pair per cluster
     _kill([p for p in started if p.is_running()])
-
-
-def quiet_worker_logs() -> None:
-    """Runs in every Ray worker process (Train's controller and helper actors too, so it imports
-    nothing heavy): Ray Train logs each report at INFO, noise in a local cluster. transformers is
-    quieted by the environment (`_init`)."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
 def placement(cfg) -> dict:
