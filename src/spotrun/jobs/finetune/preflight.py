@@ -27,12 +27,14 @@ def preflight(cfg, repo_root: str) -> tuple[str, str]:
     from spotrun.jobs.finetune.resume import check_resume
 
     resuming = check_resume(cfg, storage, run_name)  # a relaunch must not change what its checkpoints trained
-    task_cls = check_parts(cfg)  # the task, optimizer, schedule are there
-    # a resume of these very settings: an earlier attempt loaded this model and trained with this
-    # data.max_length (the fingerprint holds model.* and data.*), so its folder is only checked to be
-    # there; a first launch reads its config (~4 s of transformers imports, off every restart's path)
+    # a resume of these very settings: an earlier attempt built this task, optimizer and schedule,
+    # loaded this model and trained with this data.max_length (the fingerprint holds task.*, model.*,
+    # data.*, optimizer.* and scheduler.*) and committed a checkpoint, so the model folder is only
+    # checked to be there; a first launch finds each part and reads the model's config (~4 s of
+    # transformers imports, off every restart's path)
     if resuming:
         return run_name, model_is_there(cfg.model)
+    task_cls = check_parts(cfg)  # the task, optimizer, schedule are there
     model_path, config = check_model(cfg.model, task_cls)
     check_length(cfg, model_path, config)
     return run_name, model_path
