@@ -12,7 +12,10 @@ it; everything else runs on both.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +29,7 @@ from spotrun.core.storage import open_storage
 from spotrun.jobs.finetune.outputs import final_dir, write_final_with
 from spotrun.recovery.checkpoint import CheckpointStore
 from spotrun.recovery.history import summarize
-from spotrun.recovery.lease import Lease, Superseded, epochs
+from spotrun.recovery.lease import LEASE_DIR, Lease, Superseded, epochs
 
 RACERS = 8
 
@@ -191,3 +194,32 @@ def test_read_events_keeps_reading_an_old_single_events_file(s3_server, monkeypa
     storage.write_bytes(storage.path("run", "events.jsonl"), b'{"ts": 1.0, "kind": "launch"}\n')
     EventLog(storage, "run", source="driver").emit("start")
     assert [e["kind"] for e in read_events(storage, "run")] == ["launch", "start"]
+
+
+def test_a_local_listing_of_a_folder_that_appears_meanwhile_never_fails(tmp_path):
+    """The first writer of a run folder creates it while others list it (attempts taking their
+    leases at once, a listing of checkpoints/ as the first is written). Each listing must say empty
+    or list what is there, never fail: pyarrow's local listing raised ENOENT when the folder
+    appeared between its failed read and its existence check (~1 in 100 of the races below)."""
+    storage = open_storage(str(tmp_path))
+
+    def race(run: str) -> list[list[str]]:
+        folder = storage.path(run, LEASE_DIR)
+        go = threading.Barrier(4)
+
+        def lister():
+            go.wait()
+            return [storage.list_files(folder) for _ in range(20)]
+
+        def creator():
+            go.wait()
+            storage.create_exclusive(f"{folder}/00000001", b"x")
+            return []
+
+        with ThreadPoolExecutor(4) as pool:
+            done = [pool.submit(f) for f in (creator, lister, lister, lister)]
+            return [x for f in done for x in f.result()]
+
+    for i in range(300):
+        # (a writer's temp file, beside the name until it is linked, may be listed too)
+        assert all(all(n.startswith("00000001") for n in x) for x in race(f"r{i}"))

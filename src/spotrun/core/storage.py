@@ -31,6 +31,15 @@ RETRY_S = 120.0  # longer than the 60 s outage a checkpoint must ride out
 SCHEMES = ("file", "s3", "gs")
 
 
+def _walk(folder: str):
+    """Every file below a local `folder`, relative to it (none when it does not exist). os.walk, not
+    pyarrow's listing: that one fails with ENOENT when the folder appears between its failed read and
+    its existence check (the first lease or checkpoint of a run, written while another lists)."""
+    for root, _, names in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        yield from (name if rel == "." else f"{rel}/{name}" for name in names)
+
+
 def _transient(e: BaseException) -> bool:
     return isinstance(e, OSError) and not isinstance(
         e, FileNotFoundError | IsADirectoryError | PermissionError
@@ -105,6 +114,8 @@ class Storage:
 
         One recursive listing: object stores (and their emulators) do not all report the implicit
         "directories" of a non-recursive one."""
+        if self.is_local:  # a folder another process creates meanwhile: listed, or empty
+            return sorted(_walk(path))
         prefix = path.rstrip("/") + "/"
         infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
         files = (i.path for i in infos if i.type == pafs.FileType.File)
