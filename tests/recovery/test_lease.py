@@ -12,8 +12,6 @@ it; everything else runs on both.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import shutil
 import subprocess
 import threading
 import time
