@@ -155,11 +155,11 @@ def test_node_loss_shrinks_the_group_and_every_sample_is_seen_once_per_epoch(sto
     rows = [json.loads(x) for x in (REPO / "data/stdlib_pairs/train.jsonl").read_text().splitlines()[:60]]
     data = storage / "small.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    # >= 1 s a step: the node goes 8 s after the first step, mid-run on any machine
+    # >= 0.5 s a step: the node goes 4 s after the first step (step ~8 of 30), mid-run on any machine
     extra = ["trainer.num_workers=[1,2]", "checkpoint.every_steps=2", "trainer.max_steps=30"]
-    extra += ["debug.step_sleep_s=1.0", f"data.train_files={data}", "debug.trace_samples=true"]
+    extra += ["debug.step_sleep_s=0.5", f"data.train_files={data}", "debug.trace_samples=true"]
     r = chaos(
-        ["--schedule", "at:8", "--kinds", "node", "--max-reclaims", "1", "--no-verify"],
+        ["--schedule", "at:4", "--kinds", "node", "--max-reclaims", "1", "--no-verify"],
         args_for(storage, "node", extra),
         storage / "log.txt",
     )
