@@ -77,16 +77,16 @@ def _cached(folder: Path, build) -> Path:
 # `make test` runs two xdist workers that take one file at a time (--dist loadfile) in collection
 # order (--no-loadscope-reorder; xdist's own order puts files with few tests, these, last). The files
 # that start real jobs come first, longest first, so that no long file starts late and runs alone
-# while the other worker idles. Seconds: `--durations` on 2 cores, Dec 2026 (the latest stop). A file not listed keeps
-# its place after these.
+# while the other worker idles. Seconds: `--durations=0` summed per file on 2 cores, 6 Dec 2026.
+# A file not listed keeps its place after these.
 LONGEST_FIRST = (
-    "ops/test_chaos.py",  # ~570 s: eleven attempts, two runs paced at 1 s a step
-    "jobs/finetune/test_llm.py",  # ~215 s: the real SmolLM2, the tiny LM's DDP reference and reclaim
-    "jobs/sweep/test_sweep.py",  # ~125 s
-    "core/test_storage_buckets.py",  # ~215 s
-    "jobs/embed/test_embed.py",  # ~110-125 s
-    "jobs/finetune/test_adapt.py",  # ~90 s: the multirun of the user's own model
-    "jobs/finetune/test_fsdp_buckets.py",  # ~140 s (after test_llm.py: it reads its DDP reference)
+    "ops/test_chaos.py",  # ~500 s: eleven attempts, one run paced at 1 s a step
+    "jobs/finetune/test_llm.py",  # ~205 s: the real SmolLM2, the tiny LM's DDP reference and reclaim
+    "jobs/sweep/test_sweep.py",  # ~160 s
+    "core/test_storage_buckets.py",  # ~185 s
+    "jobs/embed/test_embed.py",  # ~90-120 s
+    "jobs/finetune/test_adapt.py",  # ~80 s: the multirun of the user's own model
+    "jobs/finetune/test_fsdp_buckets.py",  # ~115 s (after test_llm.py: it reads its DDP reference)
     "jobs/test_hydra_app.py",  # in-process only now: a few seconds
     "ops/test_runs.py",
     "ops/test_ray_auth.py",
