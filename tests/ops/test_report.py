@@ -103,6 +103,43 @@ def test_a_reclaim_during_start_up_counts_and_the_next_one_keeps_its_own_kind():
     assert (hard["kind"], hard["resumed_step"]) == ("hard", 8)
 
 
+def test_a_start_up_reclaim_the_loop_saw_is_one_restart_not_two():
+    """The start-up SIGTERM can land just after the hand-over to Ray Train: the reclaimed attempt's
+    loop records its own `start`, then the notice. That start is the reclaimed attempt's, not a
+    restart (the chaos run once reported reclaims=7 for six); the next attempt's start is one."""
+    ev = [
+        {"ts": 0.0, "kind": "launch", "started_ts": 0.0},
+        {"ts": 1.5, "kind": "reclaim", "reclaim": "group-start"},
+        {"ts": 22.9, "kind": "start", "step": 0},
+        {"ts": 22.91, "kind": "preemption_notice", "source": "sigterm", "step": 0},
+        {"ts": 22.92, "kind": "preempted", "saved": False, "step": 0},
+        {"ts": 32.0, "kind": "launch"},
+        {"ts": 56.0, "kind": "start", "step": 0},
+        {"ts": 56.4, "kind": "first_step", "step": 1},
+        {"ts": 80.0, "kind": "finish", "step": 40},
+    ]
+    s = summarize("r", ev)
+    assert s.reclaims == 1, s.restarts
+    (r,) = s.restarts
+    assert (r["kind"], r["lost_steps"], r["restart_s"]) == ("group-start", 0, 54.9)
+
+
+def test_a_node_lost_before_the_first_commit_restarts_the_group_in_the_same_attempt():
+    """Elastic training: a node goes before any checkpoint; Ray Train starts the group again in the
+    same driver. That second start is a restart."""
+    ev = [
+        {"ts": 0.0, "kind": "launch", "started_ts": 0.0},
+        {"ts": 20.0, "kind": "start", "step": 0},
+        {"ts": 20.5, "kind": "first_step", "step": 1},
+        {"ts": 24.0, "kind": "reclaim", "reclaim": "node"},
+        {"ts": 50.0, "kind": "start", "step": 0},
+        {"ts": 50.5, "kind": "first_step", "step": 1},
+        {"ts": 80.0, "kind": "finish", "step": 30},
+    ]
+    s = summarize("r", ev)
+    assert s.reclaims == 1 and s.restarts[0]["kind"] == "node", s.restarts
+
+
 def _phased(events: list[dict], offsets: list[dict]) -> list[dict]:
     """The run above, each attempt's first_step carrying its restart budget (seconds from its start)."""
     firsts = iter(offsets)

@@ -90,13 +90,21 @@ def _step_seconds(events: list[dict]) -> float:
 def _restarts(events: list[dict]) -> list[Restart]:
     out: list[Restart] = []
     furthest, last_ts, reclaim, pending, attempt = 0, None, None, None, 0
+    started = False  # this attempt's loop has started (a later start in it is Ray Train's retry)
     for e in events:
         k = e["kind"]
-        attempt += k == "launch"
+        if k == "launch":
+            attempt, started = attempt + 1, False
         if k in ("reclaim", "preemption_notice") and reclaim is None:
-            reclaim = e
+            # a reclaim in start-up whose attempt still reaches its own first `start` (the notice
+            # landed after the hand-over to Ray Train) is restarted by the next attempt, not by that
+            reclaim = {**e, "_before_start_of": None if started else attempt}
         elif k == "resume" or (
-            k == "start" and (reclaim is not None or (last_ts is not None and furthest > 0))
+            k == "start"
+            and (
+                (reclaim is not None and reclaim["_before_start_of"] != attempt)
+                or (last_ts is not None and furthest > 0)
+            )
         ):
             # a resume; a start over after progress (lost before the first checkpoint committed); or
             # a start over after a reclaim in start-up (nothing trained yet: it cost the restart only)
@@ -108,6 +116,7 @@ def _restarts(events: list[dict]) -> list[Restart]:
             furthest, reclaim = e["step"], None
         elif k == "first_step" and pending is not None:
             pending.restart_s, pending = round(e["ts"] - pending.at_ts, 3), None
+        started = started or k in ("start", "resume")
         if k in REACHED:
             furthest = max(furthest, e.get("step", 0))  # a notice at start-up has no step
         if k != "reclaim":
