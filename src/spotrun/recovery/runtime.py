@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
-from spotrun.recovery import shield
+from spotrun.recovery import shield, worker_setup
 
 
 def resolve_run_name(cfg) -> str:
@@ -58,6 +58,8 @@ def init_ray() -> None:
 
 
 START_TRIES = 3
+# what every Ray worker of a run runs first, named as Ray imports it (a module of the standard library only)
+SETUP_HOOK = f"{worker_setup.__name__}.{worker_setup.quiet_logs.__name__}"
 
 
 def _start_timed_out(e: BaseException) -> bool:
@@ -147,7 +149,7 @@ def _connect(address: str, local: dict) -> None:
                 # exit 75 too). At 1 s: 1.1-1.4 s, for one more small RPC a second per worker.
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
             },
-            "worker_process_setup_hook": "spotrun.recovery.worker_setup.quiet_logs",
+            "worker_process_setup_hook": SETUP_HOOK,
         },
     )
 
