@@ -91,6 +91,7 @@ def _restarts(events: list[dict]) -> list[Restart]:
     out: list[Restart] = []
     furthest, last_ts, reclaim, pending, attempt = 0, None, None, None, 0
     started = False  # this attempt's loop has started (a later start in it is Ray Train's retry)
+    unstarted = None  # the attempt a pending reclaim came to before its loop started, if it did
     for e in events:
         k = e["kind"]
         if k == "launch":
@@ -98,13 +99,10 @@ def _restarts(events: list[dict]) -> list[Restart]:
         if k in ("reclaim", "preemption_notice") and reclaim is None:
             # a reclaim in start-up whose attempt still reaches its own first `start` (the notice
             # landed after the hand-over to Ray Train) is restarted by the next attempt, not by that
-            reclaim = {**e, "_before_start_of": None if started else attempt}
+            reclaim, unstarted = e, None if started else attempt
         elif k == "resume" or (
             k == "start"
-            and (
-                (reclaim is not None and reclaim["_before_start_of"] != attempt)
-                or (last_ts is not None and furthest > 0)
-            )
+            and ((reclaim is not None and unstarted != attempt) or (last_ts is not None and furthest > 0))
         ):
             # a resume; a start over after progress (lost before the first checkpoint committed); or
             # a start over after a reclaim in start-up (nothing trained yet: it cost the restart only)
