@@ -1,5 +1,5 @@
 """Real bucket API servers on 127.0.0.1 for the tests: moto's S3 server (tests/s3_server.py) and
-gcp-storage-emulator (GCS).
+gcp-storage-emulator (tests/gcs_server.py).
 
 The tests start and stop them by pid, so `make test` needs nothing running beforehand.
 """
@@ -15,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
 SECRET = "spotrun-test-secret-DO-NOT-LOG-7f3a"  # must never appear in anything spotrun writes
 
 
@@ -25,12 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
+def wait_port(
+    port: int, timeout: float = 20, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
+    """Until something listens on `port`; fails at once, with the end of its log, if `proc` exits."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"server on port {port} exited ({proc.returncode}) at start:\n{tail}")
         time.sleep(0.05)
     raise RuntimeError(f"server on port {port} did not start")
 
@@ -49,7 +54,8 @@ class BucketServer:
             cmd = [sys.executable, str(Path(__file__).with_name("s3_server.py")), "127.0.0.1", str(self.port)]
         else:
             cmd = [
-                str(BIN / "gcp-storage-emulator"),
+                sys.executable,
+                str(Path(__file__).with_name("gcs_server.py")),
                 "start",
                 "-H",
                 "127.0.0.1",
@@ -58,8 +64,10 @@ class BucketServer:
                 "-q",
             ]
         env = {**os.environ, "STORAGE_BASE": str(self.workdir)}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        log = self.workdir / f"{self.kind}-server.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out)
+        wait_port(self.port, proc=self.proc, log=log)
         return self
 
     def stop(self) -> None:

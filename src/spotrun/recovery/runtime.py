@@ -87,10 +87,16 @@ def _kill(procs: list[psutil.Process]) -> None:
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 5
+    still_running(procs, timeout=5)
+
+
+def still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` s for `procs` to end; those still running then (zombies count as ended)."""
+    deadline = time.monotonic() + timeout
     while procs and time.monotonic() < deadline:
         _, procs = psutil.wait_procs(procs, timeout=0.05)
         procs = [p for p in procs if not _dead(p)]
+    return procs
 
 
 def _dead(p: psutil.Process) -> bool:
