@@ -102,7 +102,11 @@ class Market:
         if fallback.enabled(self.cfg) and not self.on_demand:
             env[fallback.STAGE_ENV] = "1"  # as in the rendered chain: an on-demand task follows
         if self.cluster is not None:
-            env.update(RAY_ADDRESS=self.cluster.address, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
+            # after a node loss, Train's first restart comes before Ray has marked the node dead (~10
+            # s here): it asks for the lost node's worker too and waits out this timeout (Ray's
+            # default: 60 s) before it asks again, from a fresh view (jobs/finetune/scaling.py). The
+            # market's nodes are all up before the run starts, so a placement needs well under 5 s.
+            env.update(RAY_ADDRESS=self.cluster.address, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="5")
         return env
 
     def start(self) -> subprocess.Popen:

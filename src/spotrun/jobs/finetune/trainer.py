@@ -7,11 +7,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy, FixedScalingPolicy
 
 from spotrun.core import config as C
 from spotrun.jobs.finetune.loop import train_loop
-from spotrun.jobs.finetune.scaling import FixedGroup
+from spotrun.jobs.finetune.scaling import ElasticGroup, FixedGroup
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
@@ -22,7 +22,8 @@ class SpotTrainer(TorchTrainer):
     given; the placement-group cleaner, which asks the state API whether the controller still lives and
     cannot here (the state API needs the dashboard that spotrun's clusters, local and on SkyPilot,
     start without; it failed every second); and, for a fixed-size group, the autoscaling coordinator
-    (`scaling.FixedGroup` says why).
+    (`scaling.FixedGroup` says why). An elastic group restarts from a fresh view of the cluster
+    (`scaling.ElasticGroup`).
     Pinned ray==2.60.0: `_create_default_callbacks` is Ray Train's own list of callbacks, and
     `_initialize_and_run_controller` receives the scaling policy `fit` made."""
 
@@ -35,8 +36,10 @@ class SpotTrainer(TorchTrainer):
         return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
-        if type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
-            controller_init_kwargs["scaling_policy"] = FixedGroup(self.scaling_config)
+        ours = {FixedScalingPolicy: FixedGroup, ElasticScalingPolicy: ElasticGroup}
+        policy = ours.get(type(controller_init_kwargs.get("scaling_policy")))
+        if policy is not None:
+            controller_init_kwargs["scaling_policy"] = policy(self.scaling_config)
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
