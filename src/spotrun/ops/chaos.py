@@ -242,7 +242,10 @@ def kill_tree(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()  # reap it here, not through psutil, so Popen keeps its exit status (-9)
-    psutil.wait_procs(children, timeout=30)
+    # its children went to the init process, which reaps them when it will: a zombie has ended
+    from spotrun.recovery.runtime import still_running
+
+    still_running(children, timeout=30)
 
 
 def run_market(m: Market, args) -> int:
