@@ -102,6 +102,16 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))  # stable
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """Every test has run and reported: the heap (torch, transformers, Ray, Hydra) is frozen so that
+    Python's last collection at exit does not walk it, as the pipelines exit (hydra_app.exit). An xdist
+    worker took ~3.5 s from its last test to its exit without it, ~0.5 s with."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model() -> Path:
     """The tiny BERT, built once per cache key."""

@@ -7,13 +7,14 @@ import random
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from spotrun.recovery import state as st
 from spotrun.recovery.checkpoint import bytes_to_tensors, tensors_to_bytes
 
 
 def _trained(seed: int):
+    from transformers import get_linear_schedule_with_warmup  # ~2.8 s: not in every worker's collection
+
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -7,16 +7,17 @@ import time
 import types
 
 import pytest
-import ray
-from ray.cluster_utils import Cluster
-from ray.train import ScalingConfig
-
-from spotrun.jobs.finetune.scaling import ElasticGroup
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_restart_after_a_node_loss_is_sized_from_the_nodes_left(monkeypatch):
+    import ray  # (Ray Train's imports here, not in every xdist worker's collection)
+    from ray.cluster_utils import Cluster
+    from ray.train import ScalingConfig
+
+    from spotrun.jobs.finetune.scaling import ElasticGroup
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
