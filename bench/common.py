@@ -63,7 +63,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
             p.send_signal(signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    from spotrun.recovery.runtime import still_running  # zombies left to init count as ended
+    from spotrun.core.procs import still_running  # zombies left to init count as ended
 
     still_running(list(procs), timeout=15)
     proc.wait(timeout=15)

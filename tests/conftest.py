@@ -20,6 +20,8 @@ import psutil
 import pytest
 from servers import BucketServer
 
+from spotrun.core.procs import still_running
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny BERT built from MiniLM's config (same vocabulary, the real MiniLM tokenizer files) with a fixed
@@ -167,8 +169,6 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
     # the driver's children went to the init process, which reaps them when it will (a CI machine's
     # took more than 10 s): a zombie has ended, waiting on it would run to the timeout
-    from spotrun.recovery.runtime import still_running
-
     still_running(procs, timeout=30)
     proc.wait(timeout=30)
 

@@ -8,6 +8,7 @@ import sys
 import psutil
 import pytest
 
+from spotrun.core.procs import still_running
 from spotrun.recovery import runtime
 
 
@@ -63,7 +64,7 @@ def test_a_stopped_local_cluster_leaves_no_process_behind(monkeypatch):
         runtime.shutdown_ray()
     # a zombie has ended, only not been reaped: an agent orphaned by the killed raylet goes to the
     # init process, and a container's init may never reap it (a CI run failed on one)
-    running = runtime.still_running(ours, timeout=10)
+    running = still_running(ours, timeout=10)
     assert not running, [p.name() for p in running]
 
 
@@ -99,9 +100,9 @@ def test_a_killed_process_nobody_reaps_counts_as_ended():
         orphan = psutil.Process(int(parent.stdout.readline()))
         sleeper = psutil.Process(parent.pid)
         orphan.kill()
-        assert runtime.still_running([orphan], timeout=30) == []
+        assert still_running([orphan], timeout=30) == []
         assert orphan.status() == psutil.STATUS_ZOMBIE  # still there, unreaped
-        assert runtime.still_running([orphan, sleeper], timeout=0.5) == [sleeper]
+        assert still_running([orphan, sleeper], timeout=0.5) == [sleeper]
     finally:
         parent.kill()
         parent.wait()

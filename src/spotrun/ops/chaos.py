@@ -231,6 +231,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
     import psutil
 
+    from spotrun.core.procs import still_running
+
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -242,10 +244,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()  # reap it here, not through psutil, so Popen keeps its exit status (-9)
-    # its children went to the init process, which reaps them when it will: a zombie has ended
-    from spotrun.recovery.runtime import still_running
-
-    still_running(children, timeout=30)
+    still_running(children, timeout=30)  # they went to the init process: a zombie has ended
 
 
 def run_market(m: Market, args) -> int:

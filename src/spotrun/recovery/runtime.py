@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import signal
-import time
 
 import psutil
 import ray
@@ -15,6 +14,7 @@ from omegaconf import OmegaConf
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from spotrun.core.config import RUN_NAME_RE, ConfigError, worker_range
+from spotrun.core.procs import still_running
 from spotrun.recovery import shield, worker_setup
 
 
@@ -88,22 +88,6 @@ def _kill(procs: list[psutil.Process]) -> None:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGKILL)
     still_running(procs, timeout=5)
-
-
-def still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait up to `timeout` s for `procs` to end; those still running then (zombies count as ended)."""
-    deadline = time.monotonic() + timeout
-    while procs and time.monotonic() < deadline:
-        _, procs = psutil.wait_procs(procs, timeout=0.05)
-        procs = [p for p in procs if not _dead(p)]
-    return procs
-
-
-def _dead(p: psutil.Process) -> bool:
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
 
 
 def _init(address: str) -> None:

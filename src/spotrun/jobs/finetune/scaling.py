@@ -43,7 +43,6 @@ class FixedGroup(FixedScalingPolicy):
 
 class ElasticGroup(ElasticScalingPolicy):
     def make_decision_for_non_running_worker_group(self):
-        self._maybe_send_resource_request()  # (Ray's first step here: the request exists before the view)
         with contextlib.suppress(Exception):  # unanswered: Ray's own query below reports it
             ray.get(
                 self._autoscaling_coordinator.get_reserved_resources.remote(
